@@ -1,0 +1,1 @@
+"""perfkit's Hydra configs (shipped inside the package as ``perfkit.configs``)."""

@@ -1,0 +1,31 @@
+"""perfkit: make PyTorch Lightning models train and serve faster, and prove it with measurements.
+
+Importing ``perfkit`` is deliberately cheap: it imports neither torch, Lightning nor wandb.
+Public functions load their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded lazily, see __getattr__)
+_LAZY_ATTRIBUTES = {
+    "train": "perfkit.train",
+    "ConfigError": "perfkit.config",
+}
+
+if TYPE_CHECKING:
+    from perfkit.config import ConfigError
+    from perfkit.train import train
+
+__all__ = ["ConfigError", "__version__", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_ATTRIBUTES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module_name), name)

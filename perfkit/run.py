@@ -1,0 +1,65 @@
+"""A training run's directory: what it may overwrite, and the files it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from perfkit.config import ConfigError
+
+# files whose presence means the directory already holds an earlier run's results
+_PRECIOUS = ("metrics.json",)
+
+
+def is_launching_process() -> bool:
+    """True in the process a user started, False in DDP children (Lightning's launcher, torchrun, SLURM)."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        value = os.environ.get(variable)
+        if value not in (None, "", "0"):
+            return False
+    return True
+
+
+def guard_run_dir(run_dir: Path) -> None:
+    """Refuse to start in a directory holding an earlier run's results or checkpoints."""
+    found = [name for name in _PRECIOUS if (run_dir / name).exists()]
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        found.append("checkpoints/*.ckpt")
+    if found:
+        raise ConfigError(
+            f"{run_dir} already holds an earlier run ({', '.join(found)}); perfkit never overwrites one: "
+            "choose a new directory with hydra.run.dir=... or remove the old run"
+        )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a reader (or a crash) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    temporary.replace(path)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware that a result depends on."""
+    import lightning
+    import torch
+
+    import perfkit
+
+    info: dict[str, Any] = {
+        "perfkit": perfkit.__version__,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -1,0 +1,182 @@
+"""Train a LightningModule on a LightningDataModule, both built from the Hydra config.
+
+    python -m perfkit.train                                  # default job: small CNN on bundled MNIST
+    python -m perfkit.train model=vit data=digits
+    python -m perfkit.train strategy=ddp devices=2 accelerator=cpu
+
+:func:`train` does the work and is what tests and library users call; :func:`main` only adds Hydra's
+command line and turns configuration errors into one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from perfkit.config import ConfigError, check_config, config_dir, instantiate_all
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then validate and test the best checkpoint; return (and save) the run's metrics.
+
+    ``cfg.paths.output_dir`` is the run directory. It must not hold an earlier run's results.
+    """
+    started = time.perf_counter()
+    check_config(cfg)
+    import lightning as L
+    from hydra.utils import instantiate
+
+    _avoid_duplicate_log_lines()
+
+    from perfkit.callbacks import TrainingSpeed
+    from perfkit.run import environment, guard_run_dir, is_launching_process, write_json
+
+    run_dir = Path(cfg.paths.output_dir)
+    if is_launching_process():
+        guard_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
+    speed = TrainingSpeed()
+    callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), speed]
+    loggers = instantiate_all(cfg.get("logger"), instantiate)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        strategy=build_strategy(cfg.strategy.name, cfg.strategy.get("options")),
+        callbacks=callbacks,
+        logger=loggers or False,
+        _convert_="all",
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)  # type: ignore[arg-type]
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""  # type: ignore[union-attr]
+    evaluate_from = best or None  # None: the weights in memory (no checkpointing in this run)
+    val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=False)
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=True)
+
+    metrics: dict[str, Any] = {
+        "val": _strip_prefix(val[0], "val/") if val else {},
+        "test": _strip_prefix(test[0], "test/") if test else {},
+        **speed.summary(trainer.world_size),
+        "epochs": trainer.current_epoch,
+        "optimizer_steps": trainer.global_step,
+        "world_size": trainer.world_size,
+        "device": _device_name(trainer),
+        "accelerator": type(trainer.accelerator).__name__,
+        "strategy": type(trainer.strategy).__name__,
+        "precision": str(trainer.precision),
+        "seed": cfg.seed,
+        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "versions": environment(),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        log.info("run directory: %s", run_dir)
+    return metrics
+
+
+def _avoid_duplicate_log_lines() -> None:
+    """``import lightning`` adds a console handler to its logger even when the root logger (Hydra's)
+    already prints everything; keep one."""
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+
+
+def build_strategy(name: str, options: Any = None) -> Any:
+    """Lightning's strategy registered as ``name``, with ``options`` overriding its defaults.
+
+    Without options the name itself is returned, so Lightning resolves it exactly as
+    ``Trainer(strategy=name)`` would (``auto`` included).
+    """
+    if not options:
+        return name
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    entry = StrategyRegistry[name]
+    kwargs = {**entry["init_params"], **OmegaConf.to_container(options, resolve=True)}  # type: ignore[dict-item]
+    return entry["strategy"](**kwargs)
+
+
+def _shapes_for(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """``input_shape``/``num_classes`` from the datamodule, for the model parameters that take them."""
+    from hydra.utils import get_object
+
+    accepted = inspect.signature(get_object(model_cfg._target_)).parameters
+    links = {}
+    for name in ("input_shape", "num_classes"):
+        if name in accepted and name not in model_cfg and hasattr(datamodule, name):
+            links[name] = getattr(datamodule, name)
+    return links
+
+
+def _strip_prefix(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {key.removeprefix(prefix): float(value) for key, value in values.items()}
+
+
+def _device_name(trainer: Any) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device.type)
+
+
+def _error_line(error: BaseException) -> str:
+    """One readable line for a configuration or construction error."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__ or error
+        key = next((line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), "")
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return f"{key}: {message}" if key else message
+    return " ".join(str(error).split())
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        metrics = train(cfg)
+    except (ConfigError, MisconfigurationException, InstantiationException) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"perfkit.train: error: {_error_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    # the value a Hydra sweeper optimises
+    value = metrics.get("val", {}).get("acc")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
