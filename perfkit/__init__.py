@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (loaded lazily, see __getattr__)
+# public name -> module that defines it (loaded lazily, see __getattr__).
+# Training is `perfkit.train.train(cfg)`: `perfkit.train` is the module `python -m perfkit.train` runs.
 _LAZY_ATTRIBUTES = {
-    "train": "perfkit.train",
     "ConfigError": "perfkit.config",
 }
 
 if TYPE_CHECKING:
     from perfkit.config import ConfigError
-    from perfkit.train import train
 
-__all__ = ["ConfigError", "__version__", "train"]
+__all__ = ["ConfigError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

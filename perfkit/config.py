@@ -42,7 +42,9 @@ def check_config(cfg: DictConfig) -> None:
     missing = sorted(_missing_keys(cfg))
     if missing:
         hints = ", ".join(f"{key}=..." for key in missing)
-        raise ConfigError(f"missing required value(s): {', '.join(missing)} (set {hints} on the command line)")
+        raise ConfigError(
+            f"missing required value(s): {', '.join(missing)} (set {hints} on the command line)"
+        )
     _check_run_options(cfg)
     for key, node in _instantiable_nodes(cfg, ""):
         check_node(node, key)
@@ -105,7 +107,9 @@ def _signature(target: Any) -> tuple[dict[str, inspect.Parameter] | None, dict[s
     functions = [target.__init__ if inspect.isclass(target) else target]
     if inspect.isclass(target):
         functions = [
-            cls.__dict__["__init__"] for cls in target.__mro__ if cls is not object and "__init__" in cls.__dict__
+            cls.__dict__["__init__"]
+            for cls in target.__mro__
+            if cls is not object and "__init__" in cls.__dict__
         ]
     parameters: dict[str, inspect.Parameter] = {}
     hints: dict[str, Any] = {}
@@ -151,12 +155,12 @@ def _instantiable_nodes(node: Any, prefix: str) -> Iterator[tuple[str, DictConfi
     if isinstance(node, DictConfig):
         if "_target_" in node and prefix:
             yield prefix, node
-        for name in node:
-            if str(name).startswith("hydra"):
+        for name in map(str, node):
+            if name.startswith("hydra"):
                 continue
             child = node._get_node(name)
             if isinstance(child, DictConfig | ListConfig):
-                yield from _instantiable_nodes(child, f"{prefix}.{name}" if prefix else str(name))
+                yield from _instantiable_nodes(child, f"{prefix}.{name}" if prefix else name)
     elif isinstance(node, ListConfig):
         for index, child in enumerate(node):
             yield from _instantiable_nodes(child, f"{prefix}[{index}]")
@@ -164,8 +168,8 @@ def _instantiable_nodes(node: Any, prefix: str) -> Iterator[tuple[str, DictConfi
 
 def _missing_keys(node: Any, prefix: str = "") -> Iterator[str]:
     if isinstance(node, DictConfig):
-        for name in node:
-            key = f"{prefix}.{name}" if prefix else str(name)
+        for name in map(str, node):
+            key = f"{prefix}.{name}" if prefix else name
             if OmegaConf.is_missing(node, name):
                 yield key
             else:
@@ -188,7 +192,9 @@ def _check_run_options(cfg: DictConfig) -> None:
 
     accelerators = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
     if cfg.get("accelerator") not in accelerators:
-        raise ConfigError(f"accelerator={cfg.get('accelerator')!r} is not valid; allowed: {', '.join(accelerators)}")
+        raise ConfigError(
+            f"accelerator={cfg.get('accelerator')!r} is not valid; allowed: {', '.join(accelerators)}"
+        )
 
     strategy = cfg.get("strategy")
     name = strategy.get("name") if isinstance(strategy, DictConfig) else None

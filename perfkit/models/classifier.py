@@ -48,7 +48,7 @@ class ImageClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
+        return self.net(x)
 
     def _step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         images, labels = batch

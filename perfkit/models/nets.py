@@ -79,7 +79,7 @@ def resnet18(input_shape: Sequence[int], num_classes: int) -> nn.Module:
 
     model = tv_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()  # type: ignore[assignment]
+    model.maxpool = nn.Identity()
     return model
 
 
@@ -105,7 +105,9 @@ def vit(
     if height != width:
         raise ValueError(f"vit needs square images, got {height}x{width}")
     if patch_size is None:
-        patch_size = min((p for p in range(1, height + 1) if height % p == 0), key=lambda p: abs(height / p - 4))
+        patch_size = min(
+            (p for p in range(1, height + 1) if height % p == 0), key=lambda p: abs(height / p - 4)
+        )
     if height % patch_size:
         raise ValueError(f"patch_size={patch_size} does not divide the image size {height}")
     model = VisionTransformer(

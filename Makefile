@@ -1,0 +1,48 @@
+# perfkit developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build pip takes from this machine's disk (see README); override for other machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.perfkit-installed
+
+.PHONY: help install train test test-all bench lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install torch, perfkit and the dev tools (skips what is there)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e ".[dev]"
+	@touch $(STAMP)
+
+train: install ## run the default training job (bundled MNIST digits, small CNN)
+	$(BIN)/python -m perfkit.train $(ARGS)
+
+test: install ## run the fast test suite with coverage (the default; < 5 min on 2 cores)
+	$(BIN)/pytest $(ARGS)
+
+test-all: install ## also run the slow and multi-process tests
+	$(BIN)/pytest -m "not gpu" $(ARGS)
+
+bench: install ## run the benchmarks (pytest-benchmark); results in benchmarks/results/
+	$(BIN)/pytest benchmarks/ -p no:randomly --no-cov -o addopts="" \
+		--benchmark-json=benchmarks/results/bench-$$(date +%Y%m%d-%H%M%S).json $(ARGS)
+
+lint: install ## ruff lint + format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun wandb lightning_logs .mypy_cache .ruff_cache .coverage .benchmarks

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real composed config, pinned to CPU and a few batches, and tiny image folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from perfkit.config import config_dir
+
+# a short, quiet CPU run; tests add the overrides they are about
+FAST = [
+    "accelerator=cpu",
+    "debug=fast",
+    "trainer.enable_progress_bar=false",
+]
+
+ComposeTrain = Callable[..., DictConfig]
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Iterator[ComposeTrain]:
+    """Compose ``train.yaml`` as the CLI would, with the run directory under ``tmp_path``."""
+
+    def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            cfg = compose("train", overrides=list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or tmp_path / "run")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 12) -> Path:
+    """``root/<class>/<n>.png`` with a distinct colour per class, like a user's ImageFolder data."""
+    from PIL import Image
+
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            colour = (40 * label + index, 200 - 30 * label, 17 * index % 255)
+            Image.new("RGB", (size + index, size), colour).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # W&B must never try the network or prompt in tests
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
+    """Run ``python -m perfkit.train`` in a fresh interpreter, as a user would."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "perfkit.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return completed.returncode, completed.stdout, completed.stderr

@@ -1,0 +1,139 @@
+"""Every YAML under configs/ composes, passes validation and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from perfkit.config import ConfigError, check_config, check_node, config_dir, instantiate_all
+from perfkit.train import build_strategy
+from tests.conftest import ComposeTrain
+
+CONFIGS = config_dir()
+# group -> options; files included by other files (data/loader) are covered through those
+GROUP_OPTIONS = sorted(
+    (path.parent.name, path.stem)
+    for path in CONFIGS.glob("*/*.yaml")
+    if path.parent.name not in ("hydra", "paths")
+)
+
+
+def test_configs_dir_is_the_repositorys_top_level_configs() -> None:
+    assert (CONFIGS / "train.yaml").is_file()
+    assert CONFIGS.resolve() == (Path(__file__).parents[1] / "configs").resolve()
+
+
+def test_every_yaml_file_is_covered() -> None:
+    covered = {CONFIGS / group / f"{option}.yaml" for group, option in GROUP_OPTIONS}
+    covered |= {CONFIGS / "train.yaml", CONFIGS / "hydra/default.yaml", CONFIGS / "paths/default.yaml"}
+    covered |= {CONFIGS / "data/loader/default.yaml"}  # included by every data option
+    assert set(CONFIGS.rglob("*.yaml")) == covered
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_option_composes_and_instantiates(
+    compose_train: ComposeTrain, image_folder: Path, group: str, option: str
+) -> None:
+    extra = [f"data.root={image_folder}"] if (group, option) == ("data", "imagefolder") else []
+    cfg = compose_train(f"{group}={option}", *extra)
+    check_config(cfg)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+    if group == "data" or group == "experiment":
+        datamodule = instantiate(cfg.data)
+        assert len(datamodule.input_shape) == 3 and datamodule.num_classes >= 2
+    if group in ("model", "optimizer", "scheduler", "experiment"):
+        model = instantiate(cfg.model, input_shape=(1, 28, 28), num_classes=10)
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        optimizers = model.configure_optimizers()
+        optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+        assert isinstance(optimizer, torch.optim.Optimizer)
+    if group == "strategy":
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.options)
+        assert strategy == option
+    if group == "callbacks":
+        callbacks = instantiate_all(cfg.get("callbacks"), instantiate)
+        assert len(callbacks) == {"none": 0, "default": 2, "early_stopping": 3}[option]
+    if group == "logger":
+        loggers = instantiate_all(cfg.get("logger"), instantiate)
+        assert [type(lg).__name__.removesuffix("Logger").lower() for lg in loggers] == (
+            [] if option == "none" else [option]
+        )
+    if group in ("trainer", "debug", "experiment"):
+        trainer = instantiate(cfg.trainer, strategy=build_strategy(cfg.strategy.name), logger=False)
+        expected_epochs = 1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs
+        assert trainer.max_epochs == expected_epochs
+
+
+def test_several_loggers_at_once(compose_train: ComposeTrain) -> None:
+    cfg = compose_train("logger=[tensorboard,wandb,csv]")
+    names = sorted(type(lg).__name__ for lg in instantiate_all(cfg.logger, instantiate))
+    assert names == ["CSVLogger", "TensorBoardLogger", "WandbLogger"]
+
+
+def test_shortcuts_reach_the_trainer(compose_train: ComposeTrain) -> None:
+    cfg = compose_train("strategy=ddp", "devices=4", "accelerator=cpu", "precision=bf16-mixed", "num_nodes=2")
+    assert cfg.strategy.name == "ddp"
+    assert (cfg.trainer.devices, cfg.trainer.accelerator) == (4, "cpu")
+    assert (cfg.trainer.precision, cfg.trainer.num_nodes) == ("bf16-mixed", 2)
+    check_config(cfg)
+
+
+def test_experiment_overrides_groups(compose_train: ComposeTrain) -> None:
+    cfg = compose_train("experiment=digits_mlp")
+    assert cfg.data._target_.endswith("DigitsDataModule")
+    assert cfg.model.net._target_.endswith("MLP")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not valid: expected int"),
+        ("devices=-3", "devices=-3 is not valid"),
+        ("devices=0", "devices=0 is not valid"),
+        ("devices=[0,0]", "devices=[0, 0] is not valid"),
+        ("num_nodes=0", "num_nodes=0 is not valid"),
+        ("accelerator=tpuu", "allowed: auto, cpu, cuda, gpu"),
+        ("strategy.name=horovod", "strategy.name='horovod' is not valid; allowed: auto"),
+        ("precision=bf17", "trainer.precision='bf17' is not valid: expected one of"),
+        ("seed=abc", "seed='abc' is not valid"),
+        ("data=imagefolder", "missing required value(s): data.root"),
+        (
+            "+trainer.foo=1",
+            "trainer.foo: lightning.pytorch.Trainer has no parameter 'foo'; allowed: accelerator",
+        ),
+        ("data.batch_size=abc", "data.batch_size='abc' is not valid: expected int"),
+        ("model.net.hidden=wide", "model.net.hidden='wide' is not valid"),
+        ("data._target_=perfkit.data.Nope", "data._target_: cannot import 'perfkit.data.Nope'"),
+    ],
+)
+def test_bad_values_raise_one_clear_line(compose_train: ComposeTrain, override: str, message: str) -> None:
+    cfg = compose_train(override)
+    with pytest.raises(ConfigError) as raised:
+        check_config(cfg)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("devices", [1, 4, -1, "auto", "2", "0,1", [0, 1]])
+def test_valid_device_specs_pass(compose_train: ComposeTrain, devices: object) -> None:
+    cfg = compose_train()
+    cfg.devices = devices
+    check_config(cfg)
+
+
+def test_keys_forwarded_to_a_base_class_are_checked() -> None:
+    # SyntheticDataModule forwards **loader_options to ClassificationDataModule: typos still fail
+    node = OmegaConf.create({"_target_": "perfkit.data.SyntheticDataModule", "batchsize": 3})
+    with pytest.raises(ConfigError, match=r"has no parameter .batchsize.; allowed: num_samples.*batch_size"):
+        check_node(node, "data")
+    check_node(OmegaConf.create({"_target_": "perfkit.data.SyntheticDataModule", "batch_size": 3}), "data")
+
+
+def test_user_targets_with_var_keywords_accept_any_key() -> None:
+    node = OmegaConf.create({"_target_": "builtins.dict", "anything": 1})
+    check_node(node, "custom")

@@ -1,0 +1,152 @@
+"""Datamodules: disjoint deterministic splits, correct shapes, loader settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from perfkit.data import (
+    ClassificationDataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    SyntheticDataModule,
+    SyntheticImages,
+    split_indices,
+)
+
+
+def _split_sets(datamodule: ClassificationDataModule) -> list[set[int]]:
+    datamodule.setup("fit")
+    return [set(part.indices) for part in (datamodule.train_set, datamodule.val_set, datamodule.test_set)]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("num_samples", [10, 1797, 5000])
+def test_split_indices_are_disjoint_and_cover_everything(num_samples: int) -> None:
+    train, val, test = split_indices(num_samples, val_fraction=0.1, test_fraction=0.1, split_seed=7)
+    assert len(set(train) | set(val) | set(test)) == num_samples == len(train) + len(val) + len(test)
+    assert len(test) == round(num_samples * 0.1) and len(val) == round(num_samples * 0.1)
+
+
+def test_split_depends_only_on_split_seed() -> None:
+    first = split_indices(100, val_fraction=0.2, test_fraction=0.2, split_seed=1)
+    torch.manual_seed(12345)  # the run's seed must not move the split
+    assert split_indices(100, val_fraction=0.2, test_fraction=0.2, split_seed=1) == first
+    assert split_indices(100, val_fraction=0.2, test_fraction=0.2, split_seed=2) != first
+
+
+def test_split_refuses_to_leave_no_training_data() -> None:
+    with pytest.raises(ValueError, match="no training samples left"):
+        split_indices(2, val_fraction=0.5, test_fraction=0.45, split_seed=0)
+
+
+def test_mnist_is_real_bundled_digits_with_disjoint_splits() -> None:
+    datamodule = MNISTDataModule(batch_size=32)
+    train, val, test = _split_sets(datamodule)
+    assert (len(train), len(val), len(test)) == (4000, 500, 500)
+    assert not (train & val or train & test or val & test)
+    assert _split_sets(MNISTDataModule(batch_size=32)) == [train, val, test]
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (32, *datamodule.input_shape) and images.dtype == torch.float32
+    assert labels.min() >= 0 and labels.max() < 10
+    # real digits: every class present, pixels normalised around zero
+    all_labels = torch.tensor([datamodule.train_set[i][1] for i in range(len(datamodule.train_set))])  # type: ignore[arg-type, index]
+    assert torch.bincount(all_labels, minlength=10).min() > 300
+    assert -1.0 < float(images.mean()) < 1.0
+
+
+def test_digits_shapes_and_loaders() -> None:
+    datamodule = DigitsDataModule(batch_size=16, eval_batch_size=100)
+    train, val, test = _split_sets(datamodule)
+    assert len(train) + len(val) + len(test) == 1797
+    assert not (train & val or train & test or val & test)
+    images, _ = next(iter(datamodule.val_dataloader()))
+    assert images.shape == (100, 1, 8, 8)
+    assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
+
+
+def test_synthetic_samples_are_a_function_of_the_index() -> None:
+    first = SyntheticImages(20, (3, 6, 6), 4, seed=3)
+    second = SyntheticImages(20, (3, 6, 6), 4, seed=3)
+    for index in (0, 7, 19):
+        image, label = first[index]
+        assert torch.equal(image, second[index][0]) and label == second[index][1]
+    assert not torch.equal(first[0][0], SyntheticImages(20, (3, 6, 6), 4, seed=4)[0][0])
+    with pytest.raises(IndexError):
+        first[20]
+
+
+def test_synthetic_cpu_cost_is_spent_per_sample() -> None:
+    import time
+
+    dataset = SyntheticImages(4, (1, 4, 4), 2, cpu_cost_ms=20)
+    start = time.process_time()
+    for index in range(4):
+        dataset[index]
+    assert time.process_time() - start >= 0.06  # CPU time, not sleep
+
+
+def test_synthetic_datamodule_validates_arguments() -> None:
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        SyntheticDataModule(num_classes=1)
+    datamodule = SyntheticDataModule(num_samples=50, image_size=10, channels=3, num_classes=5, batch_size=8)
+    assert datamodule.input_shape == (3, 10, 10) and datamodule.num_classes == 5
+    images, labels = next(iter(datamodule.setup() or datamodule.train_dataloader()))
+    assert images.shape == (8, 3, 10, 10) and labels.max() < 5
+
+
+def test_image_folder_reads_the_users_images(image_folder: Path) -> None:
+    datamodule = ImageFolderDataModule(root=str(image_folder), image_size=16, batch_size=4)
+    assert datamodule.classes == ["class_0", "class_1", "class_2"]
+    assert datamodule.num_classes == 3 and datamodule.input_shape == (3, 16, 16)
+    train, val, test = _split_sets(datamodule)
+    assert len(train | val | test) == 18 and not (train & val or train & test or val & test)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (4, 3, 16, 16) and labels.max() < 3
+    gray = ImageFolderDataModule(root=str(image_folder), image_size=8, color="grayscale")
+    gray.setup()
+    assert gray.train_set[0][0].shape == (1, 8, 8)  # type: ignore[index]
+
+
+def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is not a directory"):
+        ImageFolderDataModule(root=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="has no class sub-folders"):
+        ImageFolderDataModule(root=str(tmp_path)).num_classes  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "must each be in"),
+        ({"num_workers": -1}, "num_workers must be >= 0"),
+    ],
+)
+def test_loader_options_are_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DigitsDataModule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_loader_options_reach_the_dataloader() -> None:
+    datamodule = SyntheticDataModule(
+        num_samples=40, batch_size=4, num_workers=2, persistent_workers=True, prefetch_factor=3
+    )
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (2, True, 3)
+    assert loader.pin_memory is False  # auto: off without a CUDA trainer
+    single = SyntheticDataModule(num_samples=40, persistent_workers=True, prefetch_factor=3)
+    single.setup()
+    loader = single.val_dataloader()
+    assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (0, False, None)
+    explicit = SyntheticDataModule(num_samples=40, pin_memory=True)
+    explicit.setup()
+    assert explicit.test_dataloader().pin_memory is True
+
+
+def test_dataloader_before_setup_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="call setup"):
+        DigitsDataModule().train_dataloader()
