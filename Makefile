@@ -31,9 +31,9 @@ test: install ## run the fast test suite with coverage (the default; < 5 min on 
 test-all: install ## also run the slow and multi-process tests
 	$(BIN)/pytest -m "not gpu" $(ARGS)
 
-bench: install ## run the benchmarks (pytest-benchmark); results in benchmarks/results/
-	$(BIN)/pytest benchmarks/ -p no:randomly --no-cov -o addopts="" \
-		--benchmark-json=benchmarks/results/bench-$$(date +%Y%m%d-%H%M%S).json $(ARGS)
+bench: install ## run the benchmarks (pytest-benchmark); JSON in benchmarks/results/train_job-cpu.json
+	$(BIN)/pytest benchmarks/ -o addopts="" -p no:cacheprovider \
+		--benchmark-json=benchmarks/results/train_job-cpu.json $(ARGS)
 
 lint: install ## ruff lint + format check, mypy
 	$(BIN)/ruff check .

@@ -88,17 +88,32 @@ def _check_type(key: str, value: Any, annotation: Any) -> None:
 
 
 def _describe(annotation: Any) -> str:
-    """A short human description of a type annotation, listing choices for Literals."""
+    """A short human description of a type annotation; Literal choices are listed together."""
     origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        parts = [_describe(arg) for arg in typing.get_args(annotation) if arg is not type(None)]
-        optional = type(None) in typing.get_args(annotation)
-        return " or ".join(parts) + (" or null" if optional else "")
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    if origin not in (Literal, typing.Union, types.UnionType):
+        if isinstance(annotation, type):
+            return annotation.__name__
+        return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+    choices: list[Any] = []
+    kinds: list[str] = []
+    optional = False
+    for arg in _flatten_union(annotation):
+        if arg is type(None):
+            optional = True
+        elif typing.get_origin(arg) is Literal:
+            choices += [c for c in typing.get_args(arg) if c not in choices]
+        else:
+            kinds.append(_describe(arg))
+    parts = [*kinds, *(["one of " + ", ".join(repr(c) for c in choices)] if choices else [])]
+    return " or ".join(parts) + (" or null" if optional else "")
+
+
+def _flatten_union(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [leaf for arg in typing.get_args(annotation) for leaf in _flatten_union(arg)]
+    if typing.get_origin(annotation) is Literal:
+        return [Literal[value] for value in typing.get_args(annotation)]
+    return [annotation]
 
 
 def _signature(target: Any) -> tuple[dict[str, inspect.Parameter] | None, dict[str, Any]]:
@@ -201,6 +216,10 @@ def _check_run_options(cfg: DictConfig) -> None:
     strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
     if name not in strategies:
         raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
+
+    checkpoint = cfg.get("ckpt_path")
+    if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
+        raise ConfigError(f"ckpt_path={checkpoint!r} is not a file: give the path of a .ckpt to resume from")
 
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):

@@ -99,8 +99,12 @@ def test_experiment_overrides_groups(compose_train: ComposeTrain) -> None:
         ("num_nodes=0", "num_nodes=0 is not valid"),
         ("accelerator=tpuu", "allowed: auto, cpu, cuda, gpu"),
         ("strategy.name=horovod", "strategy.name='horovod' is not valid; allowed: auto"),
-        ("precision=bf17", "trainer.precision='bf17' is not valid: expected one of"),
+        (
+            "precision=bf17",
+            "trainer.precision='bf17' is not valid: expected one of 64, 32, 16, 'transformer-engine'",
+        ),
         ("seed=abc", "seed='abc' is not valid"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt' is not a file"),
         ("data=imagefolder", "missing required value(s): data.root"),
         (
             "+trainer.foo=1",
