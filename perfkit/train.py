@@ -95,7 +95,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         log.info("run directory: %s", run_dir)
+    _finish_wandb_runs(trainer)
     return metrics
+
+
+def _finish_wandb_runs(trainer: Any) -> None:
+    """Close W&B runs so offline files are complete (Lightning's WandbLogger leaves them open)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
 
 
 def _avoid_duplicate_log_lines() -> None:

@@ -210,3 +210,16 @@ def test_ddp_on_cpu_from_the_command_line(tmp_path: Path) -> None:
         "metrics.json",
         "train.log",
     ]
+
+
+def test_wandb_logs_offline_without_key_or_network(
+    compose_train: ComposeTrain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the config's own offline flag must suffice: no WANDB_MODE, no API key
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run_dir = tmp_path / "run"
+    train(compose_train(*FAST, "logger=wandb", output_dir=run_dir))
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("run-*.wandb"))
+    assert "Traceback" not in (run_dir / "wandb" / "debug.log").read_text()
