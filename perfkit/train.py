@@ -34,15 +34,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     check_config(cfg)
+    # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    _avoid_duplicate_log_lines()
-
     from perfkit.callbacks import TrainingSpeed
     from perfkit.run import environment, guard_run_dir, is_launching_process, write_json
 
+    _avoid_duplicate_log_lines()
     run_dir = Path(cfg.paths.output_dir)
     if is_launching_process():
         guard_run_dir(run_dir)
@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "strategy": type(trainer.strategy).__name__,
         "precision": str(trainer.precision),
         "seed": cfg.seed,
-        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "best_checkpoint": _relative_to(best, run_dir) if best else None,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": environment(),
     }
@@ -143,6 +143,14 @@ def _shapes_for(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         if name in accepted and name not in model_cfg and hasattr(datamodule, name):
             links[name] = getattr(datamodule, name)
     return links
+
+
+def _relative_to(path: str, directory: Path) -> str:
+    """``path`` relative to the run directory when it lies inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(directory.resolve()))
+    except ValueError:
+        return path
 
 
 def _strip_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
