@@ -15,12 +15,18 @@ __version__ = "0.1.0"
 # Training is `perfkit.train.train(cfg)`: `perfkit.train` is the module `python -m perfkit.train` runs.
 _LAZY_ATTRIBUTES = {
     "ConfigError": "perfkit.config",
+    "compile": "perfkit.optim",
+    "prune": "perfkit.optim",
+    "quantize": "perfkit.optim",
+    "reports": "perfkit.optim",
+    "OptimizationReport": "perfkit.optim",
 }
 
 if TYPE_CHECKING:
     from perfkit.config import ConfigError
+    from perfkit.optim import OptimizationReport, compile, prune, quantize, reports
 
-__all__ = ["ConfigError", "__version__"]
+__all__ = ["ConfigError", "OptimizationReport", "__version__", "compile", "prune", "quantize", "reports"]
 
 
 def __getattr__(name: str) -> Any:

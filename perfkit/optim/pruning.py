@@ -1,0 +1,162 @@
+"""Pruning: zero weights (masks, made permanent) or physically remove channels (Torch-Pruning).
+
+Methods:
+- ``l1_unstructured`` / ``random_unstructured``: per layer, the ``amount`` fraction of weights with the
+  smallest magnitude (or chosen at random) become zero.
+- ``global_l1``: the smallest ``amount`` fraction of weights across all layers together.
+- ``ln_structured``: per layer, whole output channels/rows with the smallest L2 norm become zero.
+- ``channels``: dependency-aware structural pruning (Torch-Pruning): channels and neurons are
+  removed, so the model is smaller and dense kernels do less work.
+
+Masks do not make dense kernels faster: only ``channels`` speeds up inference, and the report says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from perfkit.optim.report import PRUNABLE, attach, measure
+
+METHODS: tuple[str, ...] = (
+    "l1_unstructured",
+    "random_unstructured",
+    "global_l1",
+    "ln_structured",
+    "channels",
+)
+_MASK_NOTE = (
+    "zeroed weights stay in dense tensors: no speed-up on dense kernels and no smaller checkpoint; "
+    "use method='channels' to make the model faster"
+)
+
+
+def prune(
+    model: nn.Module,
+    *,
+    amount: float,
+    method: str = "l1_unstructured",
+    example_inputs: Any = None,
+) -> nn.Module:
+    """A pruned copy of ``model`` (left untouched).
+
+    ``amount`` in [0, 1) is the fraction of weights (unstructured) or channels (structured) to
+    remove from each Linear/Conv layer. The structured methods keep the output layer's size.
+    ``example_inputs`` (a tensor or tuple of tensors) is required by ``channels``, which traces the
+    model to find which layers must shrink together.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; allowed: {', '.join(METHODS)}")
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1:
+        raise ValueError(f"amount must be a number in [0, 1), got {amount!r}")
+    if method == "channels" and example_inputs is None:
+        raise ValueError(
+            "method='channels' needs example_inputs: a batch the model accepts, e.g. torch.zeros(1, 1, 28, 28)"
+        )
+
+    pruned = copy.deepcopy(model)
+    layers = [m for m in pruned.modules() if isinstance(m, PRUNABLE)]
+    if method in ("ln_structured", "channels"):
+        output = _output_layer(pruned)
+        layers = [m for m in layers if m is not output]
+    if not layers:
+        raise ValueError(
+            f"nothing to prune: the model has no {'/'.join(t.__name__ for t in PRUNABLE)} layers besides its output"
+        )
+
+    if method == "channels":
+        notes = _prune_channels(pruned, amount, example_inputs, keep=_output_layer(pruned))
+        changed = Counter(
+            type(new).__name__
+            for new, old in zip(_prunable(pruned), _prunable(model), strict=True)
+            if new.weight.shape != old.weight.shape
+        )
+    else:
+        _prune_masks(layers, amount, method)
+        changed = Counter(type(m).__name__ for m in layers)
+        notes = [_MASK_NOTE]
+
+    report = measure(f"prune(method={method}, amount={amount})", model, pruned, changed, notes)
+    attach(pruned, model, report)
+    return pruned
+
+
+def _prune_masks(layers: Sequence[nn.Module], amount: float, method: str) -> None:
+    if method == "global_l1":
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=amount
+        )
+    for module in layers:
+        if method == "l1_unstructured":
+            torch_prune.l1_unstructured(module, "weight", amount=amount)
+        elif method == "random_unstructured":
+            torch_prune.random_unstructured(module, "weight", amount=amount)
+        elif method == "ln_structured":
+            torch_prune.ln_structured(module, "weight", amount=amount, n=2, dim=0)
+        # fold the mask into the weight: no weight_orig/weight_mask left in the state dict
+        torch_prune.remove(module, "weight")
+
+
+def _prune_channels(
+    model: nn.Module, amount: float, example_inputs: Any, keep: nn.Module | None
+) -> list[str]:
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    attention = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    attention_widths = [m.out_proj.in_features for m in attention]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=amount,
+        ignored_layers=[keep] if keep is not None else [],
+        num_heads=attention,
+        prune_head_dims=bool(attention),
+        prune_num_heads=False,
+        round_to=None,
+    )
+    pruner.step()
+    _sync_widths(model)
+    model.train(was_training)
+    notes = ["channels and neurons removed (Torch-Pruning, L2 magnitude): the model is smaller and faster"]
+    if attention:
+        shrunk = sum(m.out_proj.in_features < w for m, w in zip(attention, attention_widths, strict=True))
+        notes.append(
+            f"attention: {shrunk} of {len(attention)} layers narrowed (head count kept)"
+            if shrunk
+            else "attention layers unchanged: their width is tied to the residual stream"
+        )
+    return notes
+
+
+def _sync_widths(model: nn.Module) -> None:
+    """Attributes some modules keep beside their weights must follow the pruned shapes."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            module.embed_dim = (
+                module.in_proj_weight.shape[1] if module.in_proj_weight is not None else module.embed_dim
+            )
+            module.kdim = module.vdim = module.embed_dim
+            module.head_dim = module.out_proj.in_features // module.num_heads
+        projection = getattr(module, "conv_proj", None)
+        if hasattr(module, "hidden_dim") and isinstance(
+            projection, nn.Conv2d
+        ):  # torchvision VisionTransformer
+            setattr(module, "hidden_dim", projection.out_channels)  # noqa: B010  (read by its forward)
+
+
+def _prunable(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, PRUNABLE)]
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """The last Linear/Conv registered: in these models it produces the output (the logits)."""
+    layers = _prunable(model)
+    return layers[-1] if layers else None

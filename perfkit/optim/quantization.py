@@ -1,0 +1,98 @@
+"""int8 dynamic quantization: int8 weights, activations quantized on the fly per batch.
+
+Backend choice (measured on this project's CPU, see FACTS.md and benchmarks/results/): torch.ao's
+``quantize_dynamic`` with the x86/fbgemm engine runs Linear layers faster than fp32, while torchao's
+``Int8DynamicActivationInt8WeightConfig`` ran ~20x slower on the same CPU (it targets GPUs). So
+``backend="auto"`` means torch.ao on CPU; torchao is used when asked for by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Literal
+
+import torch
+from torch import nn
+
+from perfkit.optim.report import attach, measure, replaced_layers
+
+Scheme = Literal["int8_dynamic"]
+Backend = Literal["auto", "torch_ao", "torchao"]
+SCHEMES: tuple[str, ...] = ("int8_dynamic",)
+BACKENDS: tuple[str, ...] = ("auto", "torch_ao", "torchao")
+# layer types torch.ao's dynamic quantization replaces
+_TORCH_AO_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.LSTM,
+    nn.GRU,
+    nn.LSTMCell,
+    nn.GRUCell,
+    nn.RNNCell,
+)
+
+
+def quantize(model: nn.Module, *, scheme: str = "int8_dynamic", backend: str = "auto") -> nn.Module:
+    """A quantized copy of ``model`` (left untouched), for CPU inference.
+
+    ``int8_dynamic`` quantizes the weights of Linear layers (and LSTM/GRU with torch.ao) to int8;
+    activations are quantized per batch at run time. Other layers (Conv, norms) stay in fp32; a
+    model with nothing quantizable is returned unchanged, with a warning naming its layer types.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown quantization backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    chosen = _choose_backend(backend)
+    source = model
+    model = copy.deepcopy(model).eval()
+
+    targets = _TORCH_AO_TYPES if chosen == "torch_ao" else (nn.Linear,)
+    notes: list[str] = []
+    if not any(type(m) in targets for m in model.modules()):
+        found = (
+            ", ".join(sorted({type(m).__name__ for m in model.modules() if not list(m.children())})) or "none"
+        )
+        message = (
+            f"quantize({scheme}): nothing to quantize, the model has no "
+            f"{'/'.join(t.__name__ for t in targets)} layers (found: {found}); it is returned unchanged"
+        )
+        warnings.warn(message, stacklevel=2)
+        notes.append(message)
+        quantized = model
+    elif chosen == "torch_ao":
+        quantized = _torch_ao_dynamic(model, targets)
+        notes.append("torch.ao dynamic int8 (x86/fbgemm kernels): for CPU inference, not training")
+    else:
+        quantized = _torchao_dynamic(model)
+        notes.append("torchao Int8DynamicActivationInt8Weight: aimed at CUDA; measured slow on CPU")
+
+    changed = replaced_layers(source, quantized)
+    report = measure(f"quantize(scheme={scheme}, backend={chosen})", source, quantized, changed, notes)
+    attach(quantized, source, report)
+    return quantized
+
+
+def _choose_backend(backend: str) -> str:
+    """The one place the backend is decided: torch.ao unless torchao is asked for."""
+    return "torch_ao" if backend == "auto" else backend
+
+
+def _torch_ao_dynamic(model: nn.Module, targets: tuple[type[nn.Module], ...]) -> nn.Module:
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine not in ("x86", "fbgemm") and "x86" in engines:
+        torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated upstream but remains the fastest CPU path here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        return torch.ao.quantization.quantize_dynamic(model, set(targets), dtype=torch.qint8)
+
+
+def _torchao_dynamic(model: nn.Module) -> nn.Module:
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        raise ValueError("backend='torchao' needs the torchao package: pip install torchao") from None
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
