@@ -217,6 +217,13 @@ def _check_run_options(cfg: DictConfig) -> None:
     if name not in strategies:
         raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
 
+    from perfkit.optim.training import TrainingOptimizations
+
+    try:
+        TrainingOptimizations.from_config(cfg.get("optimize"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
     checkpoint = cfg.get("ckpt_path")
     if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
         raise ConfigError(f"ckpt_path={checkpoint!r} is not a file: give the path of a .ckpt to resume from")

@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from perfkit.callbacks import TrainingSpeed
+    from perfkit.optim.training import TrainingOptimizations, check_world_size
     from perfkit.run import environment, guard_run_dir, is_launching_process, write_json
 
     _avoid_duplicate_log_lines()
@@ -52,7 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
     speed = TrainingSpeed()
-    callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), speed]
+    optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
+    callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), *optimizations.callbacks(model), speed]
     loggers = instantiate_all(cfg.get("logger"), instantiate)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -62,6 +64,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _convert_="all",
     )
 
+    if optimizations.prunes and optimizations.prune_method == "channels":
+        check_world_size(optimizations.prune_at_epoch, trainer.world_size)  # before DDP processes start
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -70,9 +75,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    checkpointing = trainer.checkpoint_callback
-    best = checkpointing.best_model_path if isinstance(checkpointing, ModelCheckpoint) else ""
-    evaluate_from = best or None  # None: the weights in memory (no checkpointing in this run)
+    # the checkpoint that tracks a monitored metric holds the best model (Lightning's default one, if
+    # no callback is configured, monitors nothing and holds the last)
+    checkpoints = trainer.checkpoint_callbacks
+    best_keeper = next((c for c in checkpoints if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    best_keeper = best_keeper or next((c for c in checkpoints if isinstance(c, ModelCheckpoint)), None)
+    best = best_keeper.best_model_path if best_keeper else ""
+    # None: the weights in memory. With pruning, the best checkpoint may predate it: evaluate the
+    # final (pruned, fine-tuned) weights instead.
+    evaluate_from = None if optimizations.prunes else best or None
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=False)
     test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=True)
 
@@ -89,6 +100,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(trainer.precision),
         "seed": cfg.seed,
         "best_checkpoint": _relative_to(best, run_dir) if best else None,
+        "evaluated": "best checkpoint" if evaluate_from else "final weights",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "optimize": optimizations.summary(model),
         "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": environment(),
     }

@@ -57,7 +57,7 @@ def test_option_composes_and_instantiates(
         assert strategy == option
     if group == "callbacks":
         callbacks = instantiate_all(cfg.get("callbacks"), instantiate)
-        assert len(callbacks) == {"none": 0, "default": 2, "early_stopping": 3}[option]
+        assert len(callbacks) == {"none": 0, "default": 3, "early_stopping": 4}[option]
     if group == "logger":
         loggers = instantiate_all(cfg.get("logger"), instantiate)
         assert [type(lg).__name__.removesuffix("Logger").lower() for lg in loggers] == (
@@ -105,6 +105,11 @@ def test_experiment_overrides_groups(compose_train: ComposeTrain) -> None:
         ),
         ("seed=abc", "seed='abc' is not valid"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt' is not a file"),
+        ("optimize.prune.amount=1.5", "optimize.prune.amount=1.5 is not valid: use a number in [0, 1)"),
+        ("optimize.prune.method=l3", "optimize.prune.method='l3' is not valid; allowed: l1_unstructured"),
+        ("optimize.prune.at_epoch=-1", "optimize.prune.at_epoch=-1 is not valid"),
+        ("optimize.compile=maybe", "optimize.compile='maybe' is not valid: use true or false"),
+        ("optimize.compile_mode=fast", "optimize.compile_mode='fast' is not valid; allowed: default"),
         ("data=imagefolder", "missing required value(s): data.root"),
         (
             "+trainer.foo=1",

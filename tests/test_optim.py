@@ -236,8 +236,9 @@ def test_compile_matches_eager_and_leaves_the_input_alone() -> None:
 def test_compiled_weights_round_trip_into_the_eager_model() -> None:
     model = TinyMLP()
     compiled = compile(model, backend="eager")
+    assert list(compiled.state_dict()) == list(model.state_dict())  # no prefix
     fresh = TinyMLP()
-    fresh.load_state_dict(compiled.module.state_dict())
+    fresh.load_state_dict(compiled.state_dict())
     x = TinyMLP.example_inputs()
     torch.testing.assert_close(fresh(x), compiled(x))
     assert isinstance(_round_trip(compiled), CompiledModule)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,40 +16,76 @@ from perfkit.optim.report import attach, measure
 MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-class CompiledModule(nn.Module):
-    """A module run through ``torch.compile``, falling back to eager if compilation fails.
+class EagerFallback:
+    """Calls ``compiled``; if that raises, calls ``eager`` and, if eager works, stays eager from then on.
 
-    Compilation happens at the first call, so that is where failure shows: the call is retried
-    eagerly and, if eager works, the module stays eager from then on, with a warning carrying the
-    compiler's reason (``fallback_reason``). An error eager raises too is the caller's, and is raised.
-    ``module`` is the eager module; it owns the parameters (state-dict keys ``module.*``).
+    Compilation happens at the first call, so that is where a compiler failure shows. The warning
+    carries the compiler's reason (also kept in ``reason``). An error that eager raises too is the
+    caller's (a wrong input, say) and is raised as is.
+    """
+
+    def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any]) -> None:
+        self.compiled = compiled
+        self.eager = eager
+        self.reason: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.reason is not None:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as compile_error:
+            result = self.eager(*args, **kwargs)
+            self.reason = f"{type(compile_error).__name__}: {_first_line(compile_error)}"
+            warnings.warn(f"torch.compile failed, running eager instead ({self.reason})", stacklevel=3)
+            return result
+
+
+class CompiledModule(nn.Module):
+    """``module`` run through ``torch.compile``, with :class:`EagerFallback`.
+
+    ``module`` is the eager module and owns the parameters. The state dict has ``module``'s own
+    keys (no ``_orig_mod.``/``module.`` prefix), so weights move freely between the compiled and
+    the eager model.
     """
 
     def __init__(self, module: nn.Module, **compile_options: Any) -> None:
         super().__init__()
         self.module = module
         self.compile_options = compile_options
-        self.fallback_reason: str | None = None
         # kept out of the module tree: its parameters are `module`'s
-        self._compiled: list[Any] = [torch.compile(module, **compile_options)]
+        self._run = EagerFallback(torch.compile(module, **compile_options), module)
+        self.register_state_dict_post_hook(_drop_prefix)
+        self.register_load_state_dict_pre_hook(_add_prefix)
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self._run.reason
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.fallback_reason is not None:
-            return self.module(*args, **kwargs)
-        try:
-            return self._compiled[0](*args, **kwargs)
-        except Exception as compile_error:
-            result = self.module(*args, **kwargs)  # raises if the input, not the compiler, is at fault
-            self.fallback_reason = f"{type(compile_error).__name__}: {_first_line(compile_error)}"
-            warnings.warn(
-                f"torch.compile failed, running eager instead ({self.fallback_reason})", stacklevel=2
-            )
-            return result
+        return self._run(*args, **kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         copied = CompiledModule(copy.deepcopy(self.module, memo), **self.compile_options)
-        copied.fallback_reason = self.fallback_reason
+        copied._run.reason = self._run.reason
         return copied
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CompiledModule, (self.module,), {"compile_options": self.compile_options})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(self.module, **state["compile_options"])  # type: ignore[misc]
+
+
+def _drop_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    inner = f"{prefix}module."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _add_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(f"{prefix}module.")]:
+        state_dict[f"{prefix}module.{key[len(prefix) :]}"] = state_dict.pop(key)
 
 
 def compile(

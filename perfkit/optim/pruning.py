@@ -62,7 +62,7 @@ def prune(
     pruned = copy.deepcopy(model)
     layers = [m for m in pruned.modules() if isinstance(m, PRUNABLE)]
     if method in ("ln_structured", "channels"):
-        output = _output_layer(pruned)
+        output = output_layer(pruned)
         layers = [m for m in layers if m is not output]
     if not layers:
         raise ValueError(
@@ -70,7 +70,7 @@ def prune(
         )
 
     if method == "channels":
-        notes = _prune_channels(pruned, amount, example_inputs, keep=_output_layer(pruned))
+        notes = prune_channels_inplace(pruned, amount, example_inputs, keep=output_layer(pruned))
         changed = Counter(
             type(new).__name__
             for new, old in zip(_prunable(pruned), _prunable(model), strict=True)
@@ -102,7 +102,7 @@ def _prune_masks(layers: Sequence[nn.Module], amount: float, method: str) -> Non
         torch_prune.remove(module, "weight")
 
 
-def _prune_channels(
+def prune_channels_inplace(
     model: nn.Module, amount: float, example_inputs: Any, keep: nn.Module | None
 ) -> list[str]:
     import torch_pruning as tp
@@ -156,7 +156,7 @@ def _prunable(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, PRUNABLE)]
 
 
-def _output_layer(model: nn.Module) -> nn.Module | None:
+def output_layer(model: nn.Module) -> nn.Module | None:
     """The last Linear/Conv registered: in these models it produces the output (the logits)."""
     layers = _prunable(model)
     return layers[-1] if layers else None

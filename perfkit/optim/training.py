@@ -1,0 +1,204 @@
+"""Optimizations applied during Lightning training, driven by the ``optimize`` config node.
+
+    python -m perfkit.train optimize.compile=true
+    python -m perfkit.train optimize.prune.amount=0.5 optimize.prune.method=channels optimize.prune.at_epoch=1
+
+Masks (``l1_unstructured``, ``random_unstructured``, ``global_l1``, ``ln_structured``) use Lightning's
+``ModelPruning`` (masks kept while fine-tuning, checkpoints saved without them, made permanent at the
+end). ``channels`` uses :func:`perfkit.prune`'s Torch-Pruning path on the LightningModule itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelPruning
+from torch import nn
+
+from perfkit.optim.compiling import MODES, EagerFallback
+from perfkit.optim.pruning import METHODS, output_layer, prune_channels_inplace
+from perfkit.optim.report import PRUNABLE
+
+
+@dataclass(frozen=True)
+class TrainingOptimizations:
+    """The validated ``optimize`` config node."""
+
+    compile: bool = False
+    compile_mode: str = "default"
+    prune_amount: float = 0.0
+    prune_method: str = "l1_unstructured"
+    prune_at_epoch: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"optimize.compile={self.compile!r} is not valid: use true or false")
+        if self.compile_mode not in MODES:
+            raise ValueError(
+                f"optimize.compile_mode={self.compile_mode!r} is not valid; allowed: {', '.join(MODES)}"
+            )
+        amount = self.prune_amount
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1:
+            raise ValueError(
+                f"optimize.prune.amount={amount!r} is not valid: use a number in [0, 1) (0 = off)"
+            )
+        if self.prune_method not in METHODS:
+            raise ValueError(
+                f"optimize.prune.method={self.prune_method!r} is not valid; allowed: {', '.join(METHODS)}"
+            )
+        if (
+            isinstance(self.prune_at_epoch, bool)
+            or not isinstance(self.prune_at_epoch, int)
+            or self.prune_at_epoch < 0
+        ):
+            raise ValueError(
+                f"optimize.prune.at_epoch={self.prune_at_epoch!r} is not valid: use an integer >= 0"
+            )
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_amount > 0
+
+    @classmethod
+    def from_config(cls, node: Any) -> TrainingOptimizations:
+        if node is None:
+            return cls()
+        prune = node.get("prune") or {}
+        return cls(
+            compile=node.get("compile", False),
+            compile_mode=node.get("compile_mode", "default"),
+            prune_amount=prune.get("amount", 0.0),
+            prune_method=prune.get("method", "l1_unstructured"),
+            prune_at_epoch=prune.get("at_epoch", 1),
+        )
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """What was applied, for metrics.json (after training: the model as it ended up)."""
+        from perfkit.optim.report import weight_sparsity
+
+        summary: dict[str, Any] = {"compile": self.compile}
+        if self.compile:
+            summary["compile_mode"] = self.compile_mode
+        if self.prunes:
+            summary["prune"] = {
+                "amount": self.prune_amount,
+                "method": self.prune_method,
+                "at_epoch": self.prune_at_epoch,
+                "weight_sparsity": round(weight_sparsity(model), 4),
+            }
+        return summary
+
+    def callbacks(self, model: nn.Module) -> list[L.Callback]:
+        """The callbacks that apply these optimizations to ``model`` during training."""
+        callbacks: list[L.Callback] = []
+        if self.prunes and self.prune_method == "channels":
+            callbacks.append(PruneChannels(self.prune_amount, at_epoch=self.prune_at_epoch))
+        elif self.prunes:
+            callbacks.append(_mask_pruning(model, self.prune_amount, self.prune_method, self.prune_at_epoch))
+        if self.compile:
+            callbacks.append(CompileForward(mode=self.compile_mode))
+        return callbacks
+
+
+class CompileForward(L.Callback):
+    """``torch.compile`` the LightningModule's ``forward`` (where the network runs) for fit/validate/test.
+
+    The module's state dict and checkpoints stay those of the eager model. Under DDP each process
+    compiles its own copy, inside the DDP wrapper, so compilation is not lost. A compiler failure
+    falls back to eager with a warning (:class:`~perfkit.optim.compiling.EagerFallback`).
+    """
+
+    def __init__(self, mode: str = "default", **compile_options: Any) -> None:
+        self.options = {"mode": mode, **compile_options}
+        self.fallback: EagerFallback | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if "forward" in vars(pl_module):
+            return  # already compiled for an earlier stage
+        eager = pl_module.forward
+        self.fallback = EagerFallback(torch.compile(eager, **self.options), eager)
+        pl_module.forward = self.fallback  # type: ignore[method-assign]
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        vars(pl_module).pop("forward", None)
+
+
+class PruneChannels(L.Callback):
+    """Remove ``amount`` of the channels/neurons (Torch-Pruning) at the start of epoch ``at_epoch``.
+
+    ``at_epoch=0`` prunes before training (the optimizer and DDP then see the small model). Later
+    epochs rebuild the optimizer after pruning, which needs a single process: under DDP use 0.
+    Needs ``pl_module.example_input_array`` to trace the model.
+    """
+
+    def __init__(self, amount: float, *, at_epoch: int = 0) -> None:
+        self.amount = amount
+        self.at_epoch = at_epoch
+        self.pruned = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if pl_module.example_input_array is None:
+            raise ValueError(
+                "optimize.prune.method=channels needs the LightningModule to set example_input_array"
+            )
+        check_world_size(self.at_epoch, trainer.world_size)
+        if self.at_epoch == 0:
+            self._prune(pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.pruned and trainer.current_epoch == self.at_epoch:
+            self._prune(pl_module)
+            # the parameters are new tensors: the optimizer must be built again around them
+            trainer.strategy.setup_optimizers(trainer)
+
+    def _prune(self, pl_module: L.LightningModule) -> None:
+        example = pl_module.example_input_array
+        inputs = example.to(pl_module.device) if isinstance(example, torch.Tensor) else example
+        prune_channels_inplace(pl_module, self.amount, inputs, keep=output_layer(pl_module))
+        self.pruned = True
+
+
+def check_world_size(at_epoch: int, world_size: int) -> None:
+    """Channel pruning after training started rebuilds the optimizer, which DDP cannot follow."""
+    from perfkit.config import ConfigError
+
+    if at_epoch > 0 and world_size > 1:
+        raise ConfigError(
+            f"optimize.prune.at_epoch={at_epoch} with method=channels needs one process "
+            f"(world size is {world_size}); use optimize.prune.at_epoch=0 to prune before DDP starts"
+        )
+
+
+def _mask_pruning(model: nn.Module, amount: float, method: str, at_epoch: int) -> ModelPruning:
+    """Lightning's ModelPruning, applied once when epoch ``at_epoch`` starts."""
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
+    if method == "ln_structured":
+        output = output_layer(model)
+        layers = [m for m in layers if m is not output]
+    return _PruneOnceAtEpoch(
+        at_epoch,
+        pruning_fn="l1_unstructured" if method == "global_l1" else method,
+        parameters_to_prune=[(m, "weight") for m in layers],
+        use_global_unstructured=method == "global_l1",
+        amount=amount,
+        apply_pruning=False,  # applied by on_train_epoch_start below, exactly once
+        use_lottery_ticket_hypothesis=False,  # keep the trained weights that survive
+        pruning_dim=0 if method == "ln_structured" else None,
+        pruning_norm=2 if method == "ln_structured" else None,
+    )
+
+
+class _PruneOnceAtEpoch(ModelPruning):
+    def __init__(self, at_epoch: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.at_epoch = at_epoch
+        self.pruning_amount = kwargs["amount"]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.at_epoch:
+            self.apply_pruning(self.pruning_amount)
