@@ -259,3 +259,17 @@ def instantiate_all(node: DictConfig | None, build: Callable[[DictConfig], Any])
     if node is None:
         return []
     return [build(child) for child in node.values() if _is_instantiable(child)]
+
+
+def error_line(error: BaseException) -> str:
+    """One readable line for a configuration or construction error (Hydra wraps the latter)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__ or error
+        key = next(
+            (line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), ""
+        )
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return f"{key}: {message}" if key else message
+    return " ".join(str(error).split())

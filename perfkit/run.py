@@ -23,9 +23,9 @@ def is_launching_process() -> bool:
     return True
 
 
-def guard_run_dir(run_dir: Path) -> None:
+def guard_run_dir(run_dir: Path, precious: tuple[str, ...] = _PRECIOUS) -> None:
     """Refuse to start in a directory holding an earlier run's results or checkpoints."""
-    found = [name for name in _PRECIOUS if (run_dir / name).exists()]
+    found = [name for name in precious if (run_dir / name).exists()]
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
         found.append("checkpoints/*.ckpt")

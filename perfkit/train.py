@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_config, config_dir, instantiate_all
+from perfkit.config import ConfigError, check_config, config_dir, error_line, instantiate_all
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +180,6 @@ def _device_name(trainer: Any) -> str:
     return str(device.type)
 
 
-def _error_line(error: BaseException) -> str:
-    """One readable line for a configuration or construction error."""
-    from hydra.errors import InstantiationException
-
-    if isinstance(error, InstantiationException):
-        cause = error.__cause__ or error
-        key = next(
-            (line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), ""
-        )
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        return f"{key}: {message}" if key else message
-    return " ".join(str(error).split())
-
-
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.errors import InstantiationException
@@ -204,7 +190,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except (ConfigError, MisconfigurationException, InstantiationException) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"perfkit.train: error: {_error_line(error)}", file=sys.stderr)
+        print(f"perfkit.train: error: {error_line(error)}", file=sys.stderr)
         sys.exit(2)
     # the value a Hydra sweeper optimises
     value = metrics.get("val", {}).get("acc")

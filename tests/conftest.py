@@ -65,13 +65,15 @@ def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
-    """Run ``python -m perfkit.train`` in a fresh interpreter, as a user would."""
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, module: str = "perfkit.train"
+) -> tuple[int, str, str]:
+    """Run ``python -m <module>`` (perfkit.train by default) in a fresh interpreter, as a user would."""
     import subprocess
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     completed = subprocess.run(
-        [sys.executable, "-m", "perfkit.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -1,0 +1,141 @@
+"""`python -m perfkit.optimize`: a trained checkpoint, optimized and compared on the test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from perfkit.config import ConfigError, config_dir
+from perfkit.optimize import optimize
+from perfkit.train import train
+from tests.conftest import FAST, run_cli
+
+FAST_TIMING = ["benchmark.rounds=3", "benchmark.warmup=1", "benchmark.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real perfkit training run (the cnn, a few batches) and its best checkpoint."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=[*FAST, "logger=none", "trainer.limit_train_batches=20"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir / "checkpoints" / "best.ckpt"
+
+
+def _compose(*overrides: str, output_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("optimize", overrides=[*FAST_TIMING, *overrides])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def test_prune_finetune_quantize_compared_with_original(trained_checkpoint: Path, tmp_path: Path) -> None:
+    cfg = _compose(
+        f"ckpt_path={trained_checkpoint}",
+        "prune.amount=0.5",
+        "prune.method=channels",
+        "prune.finetune_epochs=1",
+        "quantize=int8_dynamic",
+        output_dir=tmp_path,
+    )
+    result = optimize(cfg)
+    names = [row["variant"] for row in result["rows"]]
+    assert names == [
+        "original",
+        "prune channels 0.5 + fine-tune 1 ep",
+        "prune channels 0.5 + fine-tune 1 ep + int8_dynamic",
+    ]
+    original, pruned, quantized = result["rows"]
+    assert original["speedup"] == 1.0 and original["acc_drop_points"] == 0.0
+    assert pruned["parameters"] < 0.3 * original["parameters"]
+    assert quantized["size_bytes"] < pruned["size_bytes"] < original["size_bytes"]
+    for row in result["rows"]:
+        assert 0 <= row["test_acc"] <= 1 and row["latency_ms_median"] > 0
+        assert row["speedup_p10"] <= row["speedup"] <= row["speedup_p90"]
+    assert [r["transform"].split("(")[0] for r in result["reports"]] == ["prune", "quantize"]
+
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["rows"] == result["rows"]
+    assert "| original |" in (tmp_path / "comparison.md").read_text()
+    final = torch.load(tmp_path / "optimized.pt", weights_only=False)
+    assert final(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_original_accuracy_is_the_checkpoints(trained_checkpoint: Path, tmp_path: Path) -> None:
+    metrics = json.loads((trained_checkpoint.parent.parent / "metrics.json").read_text())
+    result = optimize(
+        _compose(
+            f"ckpt_path={trained_checkpoint}",
+            "prune.amount=0.3",
+            "prune.method=l1_unstructured",
+            "prune.finetune_epochs=0",
+            output_dir=tmp_path,
+        )
+    )
+    # the same weights on the same held-out split as perfkit.train's test
+    assert result["rows"][0]["test_acc"] == pytest.approx(metrics["test"]["acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
+        (["quantize=int4"], "quantize='int4' is not valid; allowed: null, int8_dynamic"),
+        ([], "nothing to do: set prune.amount"),
+        (["prune.amount=2"], r"amount must be a number in \[0, 1\)"),
+    ],
+)
+def test_bad_input(trained_checkpoint: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
+    args = [f"ckpt_path={trained_checkpoint}", "prune.finetune_epochs=0", *overrides]
+    with pytest.raises((ConfigError, ValueError), match=message):
+        optimize(_compose(*args, output_dir=tmp_path))
+
+
+def test_checkpoint_outside_a_run_is_refused(tmp_path: Path, trained_checkpoint: Path) -> None:
+    stray = tmp_path / "stray.ckpt"
+    stray.write_bytes(trained_checkpoint.read_bytes())
+    with pytest.raises(ConfigError, match=r"no config\.yaml in its run directory"):
+        optimize(_compose(f"ckpt_path={stray}", "quantize=int8_dynamic", output_dir=tmp_path / "out"))
+
+
+def test_cli_refuses_to_overwrite_a_comparison(trained_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "comparison.json").write_text("{}")
+    code, _, err = run_cli_optimize(
+        f"ckpt_path={trained_checkpoint}", "quantize=int8_dynamic", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    assert code == 2 and "already holds an earlier run (comparison.json)" in err
+    assert (tmp_path / "comparison.json").read_text() == "{}"
+
+
+def run_cli_optimize(*args: str, cwd: Path) -> tuple[int, str, str]:
+    return run_cli(*args, cwd=cwd, module="perfkit.optimize")
+
+
+@pytest.mark.slow
+def test_cli_with_compile(trained_checkpoint: Path, tmp_path: Path) -> None:
+    code, out, err = run_cli_optimize(
+        f"ckpt_path={trained_checkpoint}",
+        "quantize=int8_dynamic",
+        "compile=true",
+        *FAST_TIMING,
+        "hydra.run.dir=out",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    assert "| int8_dynamic + compile |" in out
+    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]
+    assert abs(rows[2]["test_acc"] - rows[1]["test_acc"]) < 0.01  # compile keeps the numbers
