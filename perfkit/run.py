@@ -51,6 +51,7 @@ def environment() -> dict[str, Any]:
     import perfkit
 
     info: dict[str, Any] = {
+        **cpu_description(),
         "perfkit": perfkit.__version__,
         "torch": torch.__version__,
         "lightning": lightning.__version__,
@@ -63,3 +64,23 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# instruction-set extensions that decide how fast int8/bf16 kernels can be on a CPU
+_SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model and the SIMD extensions it offers (from /proc/cpuinfo where available)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_simd": [flag for flag in _SIMD_FLAGS if flag in flags]}

@@ -288,6 +288,8 @@ def test_transforms_compose_and_reports_accumulate() -> None:
     pruned = prune(model, amount=0.5, method="channels", example_inputs=x[:1])
     quantized = quantize(pruned)
     assert [r.transform.split("(")[0] for r in reports(quantized)] == ["prune", "quantize"]
+    # a later transform sees the quantized layers as layers
+    assert reports(compile(quantized, backend="eager"))[-1].skipped == {"Linear": 3}
     assert quantized(x).shape == (4, 10)
     first, second = reports(quantized)
     assert math.isclose(first.params_after, second.params_before)

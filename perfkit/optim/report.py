@@ -113,10 +113,11 @@ def weight_sparsity(model: nn.Module) -> float:
 
 def layer_types(model: nn.Module) -> Counter[str]:
     """Leaf modules that hold weights, by type name."""
+    # quantized layers keep their weights packed in a child module: count the layer, not the child
     return Counter(
         type(m).__name__
         for m in model.modules()
-        if not list(m.children()) and (any(True for _ in m.parameters(recurse=False)) or _packed_tensors(m))
+        if _packed_tensors(m) or (not list(m.children()) and any(True for _ in m.parameters(recurse=False)))
     )
 
 
