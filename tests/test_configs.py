@@ -30,6 +30,7 @@ def test_configs_dir_is_the_repositorys_top_level_configs() -> None:
 def test_every_yaml_file_is_covered() -> None:
     covered = {CONFIGS / group / f"{option}.yaml" for group, option in GROUP_OPTIONS}
     covered |= {CONFIGS / "train.yaml", CONFIGS / "hydra/default.yaml", CONFIGS / "paths/default.yaml"}
+    covered |= {CONFIGS / "optimize.yaml"}  # test_optimize_config_composes
     covered |= {CONFIGS / "data/loader/default.yaml"}  # included by every data option
     assert set(CONFIGS.rglob("*.yaml")) == covered
 
@@ -67,6 +68,18 @@ def test_option_composes_and_instantiates(
         trainer = instantiate(cfg.trainer, strategy=build_strategy(cfg.strategy.name), logger=False)
         expected_epochs = 1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs
         assert trainer.max_epochs == expected_epochs
+
+
+def test_optimize_config_composes(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose("optimize", overrides=[f"ckpt_path={tmp_path}/x.ckpt", "paths.output_dir=out"])
+    GlobalHydra.instance().clear()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["prune"]["method"] == "channels" and resolved["benchmark"]["threads"] == 1  # type: ignore[index]
 
 
 def test_several_loggers_at_once(compose_train: ComposeTrain) -> None:
