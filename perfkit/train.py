@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from perfkit.callbacks import TrainingSpeed
-    from perfkit.optim.training import TrainingOptimizations, check_world_size
+    from perfkit.optim.training import TrainingOptimizations
     from perfkit.run import environment, guard_run_dir, is_launching_process, write_json
 
     _avoid_duplicate_log_lines()
@@ -64,8 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _convert_="all",
     )
 
-    if optimizations.prunes and optimizations.prune_method == "channels":
-        check_world_size(optimizations.prune_at_epoch, trainer.world_size)  # before DDP processes start
+    optimizations.check_trainer(trainer)  # before DDP processes start
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:

@@ -73,6 +73,16 @@ def test_channel_pruning_during_training(compose_train: ComposeTrain, tmp_path: 
     assert sum(t.numel() for k, t in state.items() if k.startswith("net.")) == metrics["parameters"]
 
 
+def test_pruning_epoch_beyond_the_run_is_refused(compose_train: ComposeTrain) -> None:
+    from perfkit.config import ConfigError
+
+    cfg = compose_train(*FAST, "logger=none", "optimize.prune.amount=0.5", "optimize.prune.at_epoch=1")
+    with pytest.raises(
+        ConfigError, match=r"at_epoch=1 is never reached: trainer.max_epochs=1 runs epochs 0..0"
+    ):
+        train(cfg)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(compose_train: ComposeTrain, tmp_path: Path) -> None:
     eager = train(compose_train(*TWO_EPOCHS, output_dir=tmp_path / "eager"))
@@ -106,7 +116,10 @@ def test_optimizations_under_ddp(tmp_path: Path, optimize: list[str]) -> None:
 
 def test_late_channel_pruning_under_ddp_is_refused_before_starting(tmp_path: Path) -> None:
     args = ["optimize.prune.amount=0.5", "optimize.prune.method=channels", "optimize.prune.at_epoch=1"]
-    code, _, err = run_cli(*FAST, "strategy=ddp", "devices=2", *args, "hydra.run.dir=run", cwd=tmp_path)
+    code, _, err = run_cli(*TWO_EPOCHS, "strategy=ddp", "devices=2", *args, "hydra.run.dir=run", cwd=tmp_path)
     assert code == 2
-    assert err.strip().splitlines()[-1].startswith("perfkit.train: error: optimize.prune.at_epoch=1")
+    assert err.strip().splitlines()[-1] == (
+        "perfkit.train: error: optimize.prune.at_epoch=1 with method=channels needs one process (world size is 2); "
+        "use optimize.prune.at_epoch=0 to prune before DDP starts"
+    )
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -91,6 +91,21 @@ class TrainingOptimizations:
             }
         return summary
 
+    def check_trainer(self, trainer: L.Trainer) -> None:
+        """Refuse settings this Trainer cannot carry out, before any process starts."""
+        from perfkit.config import ConfigError
+
+        if not self.prunes:
+            return
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and self.prune_at_epoch >= max_epochs:
+            raise ConfigError(
+                f"optimize.prune.at_epoch={self.prune_at_epoch} is never reached: trainer.max_epochs={max_epochs} "
+                f"runs epochs 0..{max_epochs - 1}"
+            )
+        if self.prune_method == "channels":
+            check_world_size(self.prune_at_epoch, trainer.world_size)
+
     def callbacks(self, model: nn.Module) -> list[L.Callback]:
         """The callbacks that apply these optimizations to ``model`` during training."""
         callbacks: list[L.Callback] = []
