@@ -39,15 +39,20 @@ def config_dir() -> Path:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found in a composed config."""
+    check_required(cfg)
+    _check_run_options(cfg)
+    for key, node in _instantiable_nodes(cfg, ""):
+        check_node(node, key)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming every ``???`` value still unset."""
     missing = sorted(_missing_keys(cfg))
     if missing:
         hints = ", ".join(f"{key}=..." for key in missing)
         raise ConfigError(
             f"missing required value(s): {', '.join(missing)} (set {hints} on the command line)"
         )
-    _check_run_options(cfg)
-    for key, node in _instantiable_nodes(cfg, ""):
-        check_node(node, key)
 
 
 def check_node(node: DictConfig, key: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, config_dir, error_line
+from perfkit.config import ConfigError, check_required, config_dir, error_line
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     from perfkit.optim.report import count_parameters, serialized_size
     from perfkit.run import environment, guard_run_dir, write_json
 
+    check_required(cfg)
     checkpoint, run_cfg = _load_run(cfg.ckpt_path)
     if cfg.quantize is not None and cfg.quantize not in SCHEMES:
         raise ConfigError(f"quantize={cfg.quantize!r} is not valid; allowed: null, {', '.join(SCHEMES)}")
@@ -43,7 +44,12 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"quantize_backend={cfg.quantize_backend!r} is not valid; allowed: {', '.join(BACKENDS)}"
         )
-    device = torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda is not available on this machine; use device=cpu")
     if cfg.quantize and device.type != "cpu":

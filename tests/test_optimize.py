@@ -97,12 +97,22 @@ def test_original_accuracy_is_the_checkpoints(trained_checkpoint: Path, tmp_path
         (["quantize=int4"], "quantize='int4' is not valid; allowed: null, int8_dynamic"),
         ([], "nothing to do: set prune.amount"),
         (["prune.amount=2"], r"amount must be a number in \[0, 1\)"),
+        (["device=tpu", "quantize=int8_dynamic"], r"device='tpu' is not valid; allowed: cpu, cuda"),
+        (["device=meta", "quantize=int8_dynamic"], r"device='meta' is not valid; allowed: cpu, cuda"),
     ],
 )
 def test_bad_input(trained_checkpoint: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
     args = [f"ckpt_path={trained_checkpoint}", "prune.finetune_epochs=0", *overrides]
     with pytest.raises((ConfigError, ValueError), match=message):
         optimize(_compose(*args, output_dir=tmp_path))
+
+
+def test_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
+    code, _, err = run_cli_optimize("quantize=int8_dynamic", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "perfkit.optimize: error: missing required value(s): ckpt_path (set ckpt_path=... on the command line)"
+    ]
 
 
 def test_checkpoint_outside_a_run_is_refused(tmp_path: Path, trained_checkpoint: Path) -> None:
