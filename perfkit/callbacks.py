@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from perfkit.distributed import received_from_workers, send_to_main_process
+
 
 class TrainingSpeed(L.Callback):
     """Wall time of each training epoch, validation excluded, and the samples it processed.
@@ -24,6 +26,8 @@ class TrainingSpeed(L.Callback):
         self._validation_start = 0.0
         self._validation_s = 0.0
         self._samples = 0
+        # (epochs, optimizer steps) at the end of fit
+        self.progress: tuple[int, int] | None = None
 
     def _now(self, trainer: L.Trainer) -> float:
         if trainer.strategy.root_device.type == "cuda":
@@ -51,6 +55,20 @@ class TrainingSpeed(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_times_s.append(self._now(trainer) - self._epoch_start - self._validation_s)
         self.epoch_samples.append(self._samples)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.progress = (trainer.current_epoch, trainer.global_step)
+        send_to_main_process(trainer, "epoch_times_s", self.epoch_times_s)
+        send_to_main_process(trainer, "epoch_samples", [float(n) for n in self.epoch_samples])
+        send_to_main_process(trainer, "progress", [float(n) for n in self.progress])
+
+    def collect(self, trainer: L.Trainer) -> None:
+        """After fit: take the measurements from the worker processes when ``ddp_spawn`` ran it."""
+        if self.progress is None:
+            self.epoch_times_s = received_from_workers(trainer, "epoch_times_s") or []
+            self.epoch_samples = [int(n) for n in received_from_workers(trainer, "epoch_samples") or []]
+            progress = received_from_workers(trainer, "progress")
+            self.progress = (int(progress[0]), int(progress[1])) if progress else None
 
     def summary(self, world_size: int) -> dict[str, Any]:
         """Throughput over all ranks; the first epoch (warm-up, compilation) is left out when there are more."""

@@ -233,6 +233,12 @@ def _check_run_options(cfg: DictConfig) -> None:
     if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
         raise ConfigError(f"ckpt_path={checkpoint!r} is not a file: give the path of a .ckpt to resume from")
 
+    resume = cfg.get("resume")
+    if resume not in (None, False, "auto"):
+        raise ConfigError(f"resume={resume!r} is not valid; allowed: auto, null")
+    if resume == "auto" and checkpoint is not None:
+        raise ConfigError("resume=auto and ckpt_path are alternatives: give one of them")
+
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed={seed!r} is not valid: use an integer")

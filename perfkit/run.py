@@ -23,17 +23,32 @@ def is_launching_process() -> bool:
     return True
 
 
-def guard_run_dir(run_dir: Path, precious: tuple[str, ...] = _PRECIOUS) -> None:
-    """Refuse to start in a directory holding an earlier run's results or checkpoints."""
-    found = [name for name in precious if (run_dir / name).exists()]
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
-        found.append("checkpoints/*.ckpt")
-    if found:
+def guard_run_dir(run_dir: Path, precious: tuple[str, ...] = _PRECIOUS, *, resume: bool = False) -> None:
+    """Refuse to start in a directory holding an earlier run's results or checkpoints.
+
+    With ``resume`` a run that has checkpoints but no results (it was interrupted) may continue.
+    """
+    finished = [name for name in precious if (run_dir / name).exists()]
+    if finished:
+        what = f"{run_dir} already holds a finished run ({', '.join(finished)})"
+        if resume:
+            raise ConfigError(f"{what}: there is nothing to resume; start a new run without resume=auto")
         raise ConfigError(
-            f"{run_dir} already holds an earlier run ({', '.join(found)}); perfkit never overwrites one: "
+            f"{run_dir} already holds an earlier run ({', '.join(finished)}); perfkit never overwrites one: "
             "choose a new directory with hydra.run.dir=... or remove the old run"
         )
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")) and not resume:
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of an interrupted run; continue it with resume=auto, or choose a "
+            "new directory with hydra.run.dir=..."
+        )
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint an interrupted run in ``run_dir`` continues from (the end of its latest epoch)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -39,15 +39,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from perfkit import distributed
     from perfkit.callbacks import TrainingSpeed
     from perfkit.optim.training import TrainingOptimizations
-    from perfkit.run import environment, guard_run_dir, is_launching_process, write_json
+    from perfkit.run import environment, guard_run_dir, is_launching_process, resume_checkpoint, write_json
 
     _avoid_duplicate_log_lines()
+    distributed.check_shared_run_dir()
     run_dir = Path(cfg.paths.output_dir)
+    resume = cfg.get("resume") == "auto"
     if is_launching_process():
-        guard_run_dir(run_dir)
+        guard_run_dir(run_dir, resume=resume)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # every rank finds the same checkpoint: the others start before rank 0 can write a new one
+    resume_from = resume_checkpoint(run_dir) if resume else None
+    ckpt_path = str(resume_from) if resume_from else cfg.get("ckpt_path")
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -64,15 +70,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _convert_="all",
     )
 
-    optimizations.check_trainer(trainer)  # before DDP processes start
+    distributed.remember_trainer(trainer)
+    # before DDP processes start
+    optimizations.check_trainer(trainer)
+    distributed.check_multirun(trainer)
+    distributed.check_master_port(trainer)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, _config_file(run_dir), resolve=True)
+        log.info("run directory: %s%s", run_dir, f" (resuming from {resume_from})" if resume_from else "")
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)  # type: ignore[arg-type]
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
+    for callback in callbacks:
+        collect = getattr(callback, "collect", None)
+        if callable(collect):
+            collect(trainer)
 
     # the checkpoint that tracks a monitored metric holds the best model (Lightning's default one, if
     # no callback is configured, monitors nothing and holds the last)
@@ -86,22 +102,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=False)
     test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=True)
 
+    epochs, optimizer_steps = speed.progress or (trainer.current_epoch, trainer.global_step)
     metrics: dict[str, Any] = {
         "val": _strip_prefix(val[0], "val/") if val else {},
         "test": _strip_prefix(test[0], "test/") if test else {},
         **speed.summary(trainer.world_size),
-        "epochs": trainer.current_epoch,
-        "optimizer_steps": trainer.global_step,
+        "epochs": epochs,
+        "optimizer_steps": optimizer_steps,
         "world_size": trainer.world_size,
         "device": _device_name(trainer),
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
+        "process_group_backend": _process_group_backend(trainer.strategy),
         "precision": str(trainer.precision),
         "seed": cfg.seed,
         "best_checkpoint": _relative_to(best, run_dir) if best else None,
         "evaluated": "best checkpoint" if evaluate_from else "final weights",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "optimize": optimizations.summary(model),
+        "optimize": {**optimizations.summary(model), **_compile_summary(trainer)},
+        "data_loading": _data_loading(datamodule, trainer),
+        "resumed_from": _relative_to(str(resume_from), run_dir) if resume_from else None,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": environment(),
     }
@@ -110,6 +130,53 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("run directory: %s", run_dir)
     _finish_wandb_runs(trainer)
     return metrics
+
+
+def _process_group_backend(strategy: Any) -> str | None:
+    """gloo, nccl, ...: what DDP used (decided in the workers under ddp_spawn, so derived here too)."""
+    from lightning.fabric.utilities.distributed import _get_default_process_group_backend_for_device
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if not isinstance(strategy, DDPStrategy):
+        return None
+    return strategy.process_group_backend or _get_default_process_group_backend_for_device(
+        strategy.root_device
+    )
+
+
+def _compile_summary(trainer: Any) -> dict[str, Any]:
+    from perfkit.optim.training import CompileForward
+
+    compiler = next((c for c in trainer.callbacks if isinstance(c, CompileForward)), None)
+    return compiler.summary() if compiler else {}
+
+
+def _config_file(run_dir: Path) -> Path:
+    """``config.yaml``; a resumed run keeps the original and adds ``config.resume-N.yaml``."""
+    path, attempt = run_dir / "config.yaml", 1
+    while path.exists():
+        path = run_dir / f"config.resume-{attempt}.yaml"
+        attempt += 1
+    return path
+
+
+def _data_loading(datamodule: Any, trainer: Any) -> dict[str, Any]:
+    """Loader workers per rank and, for ``num_workers=auto``, the measurements behind the choice."""
+    workers = getattr(datamodule, "workers_per_rank", None)
+    if workers is None:
+        return {}
+    if datamodule.trainer is None:  # ddp_spawn attached the trainer in the workers only
+        datamodule.trainer = trainer
+    info: dict[str, Any] = {
+        "num_workers_per_rank": workers(),
+        "requested": datamodule.num_workers,
+        "pin_memory": datamodule.uses_pin_memory(),
+        "persistent_workers": datamodule.persistent_workers,
+    }
+    choice = getattr(datamodule, "worker_choice", None)
+    if choice is not None:
+        info["auto"] = {"source": choice.source, "samples_per_s": choice.samples_per_s}
+    return info
 
 
 def _finish_wandb_runs(trainer: Any) -> None:
@@ -184,6 +251,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from perfkit.distributed import rank_description
+
     try:
         metrics = train(cfg)
     except (ConfigError, MisconfigurationException, InstantiationException) as error:
@@ -191,6 +260,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         print(f"perfkit.train: error: {error_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except Exception as error:
+        rank = rank_description()
+        if rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
+            print(
+                f"perfkit.train: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr
+            )
+        raise
     # the value a Hydra sweeper optimises
     value = metrics.get("val", {}).get("acc")
     return float(value) if value is not None else None

@@ -59,19 +59,30 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     # W&B must never try the network or prompt in tests
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # num_workers=auto answers cached by one test must not leak into the user's cache or other tests
+    monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path_factory.mktemp("perfkit-cache")))
+    monkeypatch.delenv("PERFKIT_RUN_ID", raising=False)
 
 
 def run_cli(
-    *args: str, cwd: Path, timeout: float = 300, module: str = "perfkit.train"
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    module: str = "perfkit.train",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, str, str]:
     """Run ``python -m <module>`` (perfkit.train by default) in a fresh interpreter, as a user would."""
     import subprocess
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    # the repository root on the path, so configs may name test helpers (tests.toy_models...)
+    root = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": pythonpath}
+    env.update(extra_env or {})
     completed = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

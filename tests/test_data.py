@@ -122,7 +122,8 @@ def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
     [
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"val_fraction": 0.6, "test_fraction": 0.5}, "must each be in"),
-        ({"num_workers": -1}, "num_workers must be >= 0"),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0 or .auto., got -1"),
+        ({"num_workers": "four"}, "num_workers must be an integer >= 0 or .auto."),
     ],
 )
 def test_loader_options_are_validated(kwargs: dict[str, float], message: str) -> None:

@@ -87,7 +87,9 @@ def test_pruning_epoch_beyond_the_run_is_refused(compose_train: ComposeTrain) ->
 def test_compiled_training_matches_eager(compose_train: ComposeTrain, tmp_path: Path) -> None:
     eager = train(compose_train(*TWO_EPOCHS, output_dir=tmp_path / "eager"))
     compiled = train(compose_train(*TWO_EPOCHS, "optimize.compile=true", output_dir=tmp_path / "compiled"))
-    assert compiled["optimize"] == {"compile": True, "compile_mode": "default"}
+    assert compiled["optimize"]["compile"] is True and compiled["optimize"]["compile_mode"] == "default"
+    assert compiled["optimize"]["compiled_graphs_per_rank"][0] >= 1
+    assert compiled["optimize"]["fell_back_to_eager"] is None
     # the same computation, fused differently: equal up to float rounding
     assert compiled["test"]["loss"] == pytest.approx(eager["test"]["loss"], rel=1e-3)
     assert compiled["test"]["acc"] == pytest.approx(eager["test"]["acc"], abs=0.01)
@@ -112,6 +114,11 @@ def test_optimizations_under_ddp(tmp_path: Path, optimize: list[str]) -> None:
     assert metrics["world_size"] == 2 and metrics["test"]["acc"] > 0.1
     if "optimize.prune.amount=0.5" in optimize:
         assert "prune" in metrics["optimize"]
+    if "optimize.compile=true" in optimize:
+        # every rank ran dynamo-compiled graphs: DDP's wrapper did not lose the compiled forward
+        graphs = metrics["optimize"]["compiled_graphs_per_rank"]
+        assert len(graphs) == 2 and min(graphs) >= 1, graphs
+        assert metrics["optimize"]["fell_back_to_eager"] is None
 
 
 def test_late_channel_pruning_under_ddp_is_refused_before_starting(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -69,3 +70,19 @@ class ConvOnly(nn.Module):
 
 
 TOY_MODELS = {"mlp": TinyMLP, "conv": TinyConvNet, "gru": GRUTextModel}
+
+
+class FailOnRank(L.Callback):
+    """A Lightning callback that raises on one rank at one training step: a crash in a DDP job."""
+
+    def __init__(self, rank: int = 1, step: int = 2) -> None:
+        super().__init__()
+        self.rank = rank
+        self.step = step
+
+    def on_train_batch_start(self, trainer: object, *args: object) -> None:
+        if (
+            getattr(trainer, "global_rank", 0) == self.rank
+            and getattr(trainer, "global_step", 0) == self.step
+        ):
+            raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")

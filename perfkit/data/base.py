@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import functools
+import logging
+import os
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, Dataset, Subset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from perfkit.data import workers as worker_counts
+
+log = logging.getLogger(__name__)
+
+# loader options: they decide how fast data arrives, not what the data is
+_LOADER_OPTIONS = frozenset(
+    {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor"}
+)
 
 
 def split_indices(
@@ -43,10 +57,11 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 1234,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -56,8 +71,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must each be in [0, 1) "
                 "and leave some training data (sum < 1)"
             )
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got {num_workers!r}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction = val_fraction
@@ -67,6 +82,10 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
+        self.shuffle_seed = shuffle_seed
+        # what num_workers=auto chose (None until the first loader is built)
+        self.worker_choice: worker_counts.WorkerChoice | None = None
+        self._resolved_workers: int | None = None
         self.train_set: Dataset[Any] | None = None
         self.val_set: Dataset[Any] | None = None
         self.test_set: Dataset[Any] | None = None
@@ -97,34 +116,138 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         )
         self.train_set, self.val_set, self.test_set = (Subset(dataset, idx) for idx in (train, val, test))
 
+    def dataset_key(self) -> str:
+        """Identifies the data (not how it is loaded), for caching the ``num_workers=auto`` choice."""
+        settings = {
+            name: value
+            for name, value in sorted(vars(self).items())
+            if not name.startswith("_")
+            and name not in _LOADER_OPTIONS
+            and isinstance(value, int | float | str | bool | tuple)
+        }
+        return f"{type(self).__module__}.{type(self).__qualname__}{settings}"
+
     def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        # Always a DistributedSampler (one replica without DDP): the permutation depends only on the
+        # shuffle seed and epoch, so N ranks with batch b see exactly the global batches that one
+        # process with batch N*b sees, and a resumed run sees the order the interrupted one would have.
+        world_size, rank = self._world()
+        dataset = self._require(self.train_set)
+        seed = (
+            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        )
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        return self._loader(dataset, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.test_set)
 
-    def _loader(self, dataset: Dataset[Any] | None, batch_size: int, *, shuffle: bool) -> DataLoader[Any]:
+    def _eval_loader(self, dataset: Dataset[Any] | None) -> DataLoader[Any]:
+        dataset = self._require(dataset)
+        world_size, rank = self._world()
+        # Lightning's default DistributedSampler pads the last batch with repeated samples, which
+        # would count them twice in val/test metrics; this one gives each sample to exactly one rank.
+        sampler = (
+            UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+            if world_size > 1
+            else None
+        )
+        return self._loader(dataset, self.eval_batch_size, sampler)
+
+    @staticmethod
+    def _require(dataset: Dataset[Any] | None) -> Dataset[Any]:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        workers = self.num_workers
+        return dataset
+
+    def _loader(self, dataset: Dataset[Any], batch_size: int, sampler: Any) -> DataLoader[Any]:
+        workers = self.workers_per_rank()
+        _, rank = self._world()
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
-            pin_memory=self._pin_memory(),
+            pin_memory=self.uses_pin_memory(),
             persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            # distinct random streams in every worker of every rank, reproducible from the run's seed
+            worker_init_fn=functools.partial(pl_worker_init_function, rank=rank) if workers > 0 else None,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) when used on its own."""
+        trainer = self._trainer_or_none()
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _trainer_or_none(self) -> L.Trainer | None:
+        return self.trainer
+
+    def _local_processes(self) -> int:
+        """Training processes on this machine (DDP ranks per node)."""
+        trainer = self._trainer_or_none()
+        if trainer is None or trainer.world_size <= 1:
+            return 1
+        return max(1, trainer.world_size // max(1, trainer.num_nodes))
+
+    def workers_per_rank(self) -> int:
+        """The loader workers each rank starts: ``num_workers`` capped to the rank's share of the
+        cores, or for ``auto`` the count measured fastest (decided once, by rank 0 for all ranks)."""
+        if self._resolved_workers is None:
+            local = self._local_processes()
+            if self.num_workers == "auto":
+                self.worker_choice = self._choose_workers(local)
+                self._resolved_workers = self.worker_choice.num_workers
+            else:
+                self._resolved_workers = worker_counts.cap_workers(self.num_workers, local)
+        return self._resolved_workers
+
+    def _choose_workers(self, local_processes: int) -> worker_counts.WorkerChoice:
+        trainer = self._trainer_or_none()
+        is_rank_zero = trainer is None or trainer.is_global_zero
+        key = worker_counts.cache_key(self.dataset_key(), self.batch_size, local_processes)
+        choice = worker_counts.read_cached(key) if is_rank_zero else None
+        if trainer is not None and trainer.world_size > 1:
+            choice = trainer.strategy.broadcast(choice, src=0)
+        if choice is None:
+            # every rank measures at once, so the timings include the other ranks' contention
+            budget = worker_counts.worker_budget(local_processes)
+            dataset = self._require(self.train_set)
+            rates = worker_counts.measure_worker_counts(
+                lambda workers: self._measurement_loader(dataset, workers),
+                worker_counts.candidate_counts(budget),
+                batch_size=self.batch_size,
+                num_batches=max(4, min(16, len(dataset) // self.batch_size)),  # type: ignore[arg-type]
+            )
+            choice = worker_counts.WorkerChoice(worker_counts.fastest(rates), "measured", rates)
+            if trainer is not None and trainer.world_size > 1:
+                choice = trainer.strategy.broadcast(choice, src=0)
+            if is_rank_zero:
+                worker_counts.write_cached(key, choice)
+        if is_rank_zero:
+            log.info("num_workers=auto chose %d (%s):\n%s", choice.num_workers, choice.source, choice.table())
+        return choice
+
+    def _measurement_loader(self, dataset: Dataset[Any], workers: int) -> DataLoader[Any]:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=self.uses_pin_memory(),
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
 
-    def _pin_memory(self) -> bool:
+    def uses_pin_memory(self) -> bool:
+        """``pin_memory`` if set; by default on exactly when training on CUDA."""
         if self.pin_memory is not None:
             return self.pin_memory
-        # on by default exactly when training on CUDA
-        trainer = getattr(self, "trainer", None)
+        trainer = self._trainer_or_none()
         return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
 
 

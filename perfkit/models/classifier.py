@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 NetFactory = Callable[..., nn.Module]
@@ -17,7 +18,9 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 
 class ImageClassifier(L.LightningModule):
-    """Cross-entropy classification with accuracy metrics that are exact under DDP (torchmetrics).
+    """Cross-entropy classification whose val/test accuracy and loss are exact under DDP: torchmetrics
+    sums correct counts and per-sample losses over all ranks (a mean of per-rank means is not the mean
+    when ranks hold different numbers of samples).
 
     ``net`` is a module or a factory called as ``net(input_shape, num_classes)``; the training script
     fills ``input_shape`` and ``num_classes`` from the datamodule. ``optimizer`` and ``scheduler`` are
@@ -46,6 +49,8 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -55,8 +60,12 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         accuracy(logits, labels)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        else:
+            mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+            mean_loss.update(loss.detach(), weight=labels.numel())
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

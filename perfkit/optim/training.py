@@ -16,8 +16,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelPruning
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from perfkit.distributed import received_from_workers, send_to_main_process
 from perfkit.optim.compiling import MODES, EagerFallback
 from perfkit.optim.pruning import METHODS, output_layer, prune_channels_inplace
 from perfkit.optim.report import PRUNABLE
@@ -129,6 +131,8 @@ class CompileForward(L.Callback):
     def __init__(self, mode: str = "default", **compile_options: Any) -> None:
         self.options = {"mode": mode, **compile_options}
         self.fallback: EagerFallback | None = None
+        # graphs dynamo compiled in each rank during fit: proof that DDP did not lose compilation
+        self.graphs_per_rank: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if "forward" in vars(pl_module):
@@ -136,6 +140,34 @@ class CompileForward(L.Callback):
         eager = pl_module.forward
         self.fallback = EagerFallback(torch.compile(eager, **self.options), eager)
         pl_module.forward = self.fallback  # type: ignore[method-assign]
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch._dynamo.utils import counters
+
+        graphs = torch.tensor(counters["stats"]["unique_graphs"], device=pl_module.device)
+        gathered = trainer.strategy.all_gather(graphs)
+        self.graphs_per_rank = [int(n) for n in gathered.reshape(-1).tolist()]
+        send_to_main_process(trainer, "compiled_graphs_per_rank", [float(n) for n in self.graphs_per_rank])
+        eager_ranks = [rank for rank, graphs in enumerate(self.graphs_per_rank) if graphs == 0]
+        if eager_ranks and self.fallback is not None and self.fallback.reason is None:
+            # no error, yet dynamo captured nothing (seen with torch 2.11 under Lightning): say so
+            rank_zero_warn(
+                f"optimize.compile=true, but torch.compile captured no graph on rank(s) {eager_ranks}: "
+                f"the model ran eager (torch {torch.__version__})"
+            )
+
+    def collect(self, trainer: L.Trainer) -> None:
+        """After fit: take the counts from the worker processes when ``ddp_spawn`` ran it."""
+        if not self.graphs_per_rank:
+            self.graphs_per_rank = [
+                int(n) for n in received_from_workers(trainer, "compiled_graphs_per_rank") or []
+            ]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "compiled_graphs_per_rank": self.graphs_per_rank,
+            "fell_back_to_eager": self.fallback.reason if self.fallback else None,
+        }
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         vars(pl_module).pop("forward", None)

@@ -1,0 +1,134 @@
+"""Checks that turn DDP's slow or confusing failures into one clear line before any process starts.
+
+Lightning launches and connects the processes; these checks cover what it leaves to the user: a busy
+``MASTER_PORT`` (a traceback from TCPStore), Hydra multirun with script-relaunching DDP (every child
+would re-run the whole sweep), and external launchers whose ranks would each pick their own
+timestamped run directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from perfkit.config import ConfigError
+
+RUN_ID_VARIABLE = "PERFKIT_RUN_ID"
+
+
+def launches_child_scripts(trainer: Any) -> bool:
+    """True when Lightning will start this job's other ranks by re-running the command line."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = trainer.strategy
+    return (
+        isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
+        and trainer.num_devices > 1
+        and not strategy.cluster_environment.creates_processes_externally
+    )
+
+
+def check_master_port(trainer: Any) -> None:
+    """Refuse a ``MASTER_PORT`` that another program already listens on (Lightning picks a free port
+    itself when the variable is unset)."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    port_text = os.environ.get("MASTER_PORT")
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size <= 1 or port_text is None or not isinstance(environment, LightningEnvironment):
+        return
+    if environment.node_rank() != 0 or environment.global_rank() != 0:
+        return  # only the main node's rank 0 listens on it
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(
+            f"MASTER_PORT={port_text!r} is not valid: use a port number in 1..65535, or unset it"
+        )
+    if port_in_use(int(port_text)):
+        raise ConfigError(
+            f"MASTER_PORT={port_text} is already in use on this machine: unset MASTER_PORT to let Lightning "
+            "pick a free port, or choose another"
+        )
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # a port left in TIME_WAIT by an earlier job is free for a new listener; a live listener is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+def check_multirun(trainer: Any) -> None:
+    """Refuse Hydra multirun with a strategy that re-runs the command line for each rank."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if launches_child_scripts(trainer):
+        raise ConfigError(
+            "Hydra multirun (-m) cannot use strategy=ddp with several devices: each DDP process would "
+            "re-run the whole sweep; use strategy=ddp_spawn with -m, or start one run per configuration"
+        )
+
+
+def check_shared_run_dir() -> None:
+    """Under torchrun or SLURM every rank composes its own config: without a shared run id each would
+    pick its own timestamped run directory, so checkpoints and logs would scatter."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    external = TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+    if not external or int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) <= 1:
+        return
+    if os.environ.get(RUN_ID_VARIABLE) or not HydraConfig.initialized():
+        return
+    if any(override.startswith("hydra.run.dir=") for override in HydraConfig.get().overrides.hydra):
+        return
+    launcher = "torchrun" if TorchElasticEnvironment.detect() else "SLURM"
+    raise ConfigError(
+        f"under {launcher} every rank needs the same run directory: set {RUN_ID_VARIABLE} "
+        "(scripts/torchrun.sh and scripts/slurm.sbatch do) or hydra.run.dir=..."
+    )
+
+
+_job: dict[str, Any] = {}
+
+
+def remember_trainer(trainer: Any) -> None:
+    """Keep the trainer whose ranks :func:`rank_description` names if the job fails."""
+    _job["trainer"] = trainer
+
+
+def rank_description() -> str:
+    """``rank 1 of 2`` in a distributed job, empty otherwise."""
+    trainer = _job.get("trainer")
+    if trainer is not None:
+        world_size, rank = trainer.world_size, trainer.global_rank
+    else:  # failed before a trainer existed: torchrun and SLURM say who we are in the environment
+        world_size = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+        rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+    return f"rank {rank} of {world_size}" if world_size > 1 else ""
+
+
+# Under ddp_spawn, fit runs in child processes and only ``trainer.callback_metrics`` travels back to
+# the main one; perfkit's callbacks send their measurements home under this prefix.
+_SHARED = "perfkit_shared/"
+
+
+def send_to_main_process(trainer: Any, name: str, values: list[float]) -> None:
+    """Make ``values`` readable by :func:`received_from_workers` in the launching process."""
+    import torch
+
+    trainer.callback_metrics[_SHARED + name] = torch.tensor(values, dtype=torch.float64)
+
+
+def received_from_workers(trainer: Any, name: str) -> list[float] | None:
+    """What a worker sent with :func:`send_to_main_process` (the local values without spawn)."""
+    values = trainer.callback_metrics.get(_SHARED + name)
+    return None if values is None else [float(v) for v in values.reshape(-1).tolist()]

@@ -1,0 +1,344 @@
+"""DDP: the same numbers as one process, failures that end the job, launchers beyond one machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+from perfkit.config import ConfigError
+from perfkit.distributed import check_shared_run_dir, port_in_use
+from perfkit.run import guard_run_dir, resume_checkpoint
+from tests.conftest import FAST, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- checks that answer before any process starts ---------------------------------------------------
+
+
+def test_port_probe_sees_a_listener() -> None:
+    with socket.socket() as listener:
+        listener.bind(("", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_in_use(port)
+    assert not port_in_use(port)
+
+
+def test_a_busy_master_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code, _, err = run_cli(
+            *FAST,
+            "strategy=ddp",
+            "devices=2",
+            "hydra.run.dir=run",
+            cwd=tmp_path,
+            extra_env={"MASTER_PORT": str(port)},
+        )
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"perfkit.train: error: MASTER_PORT={port} is already in use on this machine: unset MASTER_PORT to "
+        "let Lightning pick a free port, or choose another"
+    )
+
+
+def test_multirun_with_script_relaunching_ddp_is_refused(tmp_path: Path) -> None:
+    code, _, err = run_cli("-m", *FAST, "strategy=ddp", "devices=2", "seed=1,2", cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "perfkit.train: error: Hydra multirun (-m) cannot use strategy=ddp with several devices: each DDP "
+        "process would re-run the whole sweep; use strategy=ddp_spawn with -m, or start one run per configuration"
+    )
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["accelerator=gpu", "devices=4"], "perfkit.train: error: "),
+        (["devices=0"], "perfkit.train: error: devices=0 is not valid: use a positive count"),
+        (["resume=yes"], "perfkit.train: error: resume='yes' is not valid; allowed: auto, null"),
+    ],
+    ids=["more-gpus-than-exist", "no-devices", "bad-resume"],
+)
+def test_impossible_device_requests_are_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    if "accelerator=gpu" in overrides and torch.cuda.device_count() >= 4:
+        pytest.skip("this machine has 4 GPUs")
+    code, _, err = run_cli("trainer.enable_progress_bar=false", *overrides, cwd=tmp_path)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(message) and "Traceback" not in err
+
+
+def test_torchrun_ranks_must_share_a_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    for name, value in {
+        "RANK": "1",
+        "GROUP_RANK": "0",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "WORLD_SIZE": "2",
+        "TORCHELASTIC_RUN_ID": "none",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: _FakeHydra()))
+    with pytest.raises(
+        ConfigError, match="under torchrun every rank needs the same run directory: set PERFKIT_RUN_ID"
+    ):
+        check_shared_run_dir()
+    monkeypatch.setenv("PERFKIT_RUN_ID", "exp1")
+    check_shared_run_dir()
+
+
+class _FakeHydra:
+    class overrides:  # noqa: N801 - mirrors HydraConfig's attribute
+        hydra: ClassVar[list[str]] = []
+
+
+# --- resuming ------------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_run_is_refused_unless_resumed(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(
+        ConfigError, match="holds checkpoints of an interrupted run; continue it with resume=auto"
+    ):
+        guard_run_dir(tmp_path)
+    guard_run_dir(tmp_path, resume=True)
+    assert resume_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"already holds a finished run \(metrics.json\): there is nothing to resume"
+    ):
+        guard_run_dir(tmp_path, resume=True)
+    assert resume_checkpoint(tmp_path / "fresh") is None
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_with_the_same_steps(tmp_path: Path) -> None:
+    """SIGKILL a real run mid-epoch, then resume=auto in the same run dir."""
+    run_dir = tmp_path / "run"
+    # 640 training samples at ~4 ms each: 20 steps and ~3 s per epoch, 60 steps in all
+    args = [
+        *QUIET,
+        "data=synthetic",
+        "data.num_samples=800",
+        "data.cpu_cost_ms=4",
+        "data.batch_size=32",
+        "model=mlp",
+        "trainer.max_epochs=3",
+        "trainer.num_sanity_val_steps=0",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "perfkit.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert last.exists(), "the run never finished its first epoch"
+    time.sleep(1.0)  # into the second epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (run_dir / "metrics.json").exists()
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_step in (20, 40)  # the end of a completed epoch
+
+    code, _, err = run_cli(*args, cwd=tmp_path)  # without resume=auto: refused, nothing touched
+    assert code == 2 and "interrupted run; continue it with resume=auto" in err
+
+    code, _, err = run_cli(*args, "resume=auto", cwd=tmp_path)
+    assert code == 0, err
+    metrics = _metrics(run_dir)
+    assert metrics["optimizer_steps"] == 60 and metrics["epochs"] == 3
+    assert metrics["resumed_from"] == "checkpoints/last.ckpt"
+    # at most the interrupted epoch was lost: the resumed process ran only the epochs after the checkpoint
+    assert len(metrics["epoch_times_s"]) == 3 - saved_step // 20
+    assert (run_dir / "config.yaml").exists() and (run_dir / "config.resume-1.yaml").exists()
+
+
+# --- correctness and failures under DDP -----------------------------------------------------------------
+
+
+@pytest.mark.distributed
+def test_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    """2 ranks x batch 16 for 4 SGD steps == 1 process x batch 32; evaluation counts each sample once."""
+    common = [
+        *QUIET,
+        "data=digits",
+        "model=mlp",  # no dropout, no batch norm
+        "optimizer=sgd",
+        "seed=7",
+        "data.test_fraction=0.0995",  # 179 test samples: odd, so a padding sampler would repeat one
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "trainer.num_sanity_val_steps=0",
+    ]
+    code, _, err = run_cli(*common, "devices=1", "data.batch_size=32", "hydra.run.dir=single", cwd=tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(
+        *common, "strategy=ddp", "devices=2", "data.batch_size=16", "hydra.run.dir=ddp", cwd=tmp_path
+    )
+    assert code == 0, err
+
+    def weights(run: str) -> dict[str, torch.Tensor]:
+        checkpoint = torch.load(
+            tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
+        return checkpoint["state_dict"]
+
+    single, ddp = weights("single"), weights("ddp")
+    assert single.keys() == ddp.keys()
+    torch.testing.assert_close(ddp, single)
+    one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["optimizer_steps"] == two["optimizer_steps"] == 4
+    for split in ("val", "test"):
+        assert two[split]["acc"] == pytest.approx(one[split]["acc"], abs=1e-6)
+        assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=1e-5)
+
+
+@pytest.mark.distributed
+def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path) -> None:
+    started = time.monotonic()
+    code, _, err = run_cli(
+        *FAST,
+        "strategy=ddp",
+        "devices=2",
+        "logger=none",
+        "hydra.run.dir=run",
+        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
+        "+callbacks.fail.rank=1",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert code != 0
+    assert time.monotonic() - started < 120
+    assert "perfkit.train: rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 2" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.distributed
+def test_ddp_spawn_on_cpu(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        *FAST, "strategy=ddp_spawn", "devices=2", "logger=none", "hydra.run.dir=run", cwd=tmp_path
+    )
+    assert code == 0, err
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["world_size"] == 2 and metrics["strategy"] == "DDPStrategy"
+    # fit ran in spawned workers: their measurements and progress must still reach metrics.json
+    assert metrics["train_samples_per_epoch"] == [2 * 5 * 64]
+    assert (metrics["epochs"], metrics["optimizer_steps"]) == (1, 5)
+    assert metrics["process_group_backend"] == "gloo"
+
+
+@pytest.mark.distributed
+def test_two_torchrun_nodes_on_one_machine(tmp_path: Path) -> None:
+    """Node ranks 0 and 1, two processes each, rendezvous on 127.0.0.1: world size 4."""
+    env = {
+        **os.environ,
+        "NNODES": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PERFKIT_RUN_ID": "two-nodes",
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": str(ROOT),
+    }
+    nodes = [
+        subprocess.Popen(
+            [ROOT / "scripts" / "torchrun.sh", "2", *FAST, "logger=none", "data.batch_size=16"],
+            cwd=tmp_path,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_dir = tmp_path / "outputs" / "train" / "runs" / "two-nodes"
+    metrics = _metrics(run_dir)
+    assert metrics["world_size"] == 4
+    assert metrics["train_samples_per_epoch"] == [4 * 5 * 16]
+    # one shared run directory; no rank made its own
+    assert [p.name for p in (tmp_path / "outputs" / "train" / "runs").iterdir()] == ["two-nodes"]
+
+
+@pytest.mark.distributed
+def test_slurm_template_under_a_simulated_srun(tmp_path: Path) -> None:
+    """scripts/slurm.sbatch as SLURM runs it: srun starts SLURM_NTASKS copies with SLURM_PROCID set."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(
+        "#!/usr/bin/env bash\n"
+        "pids=()\n"
+        "for ((i = 0; i < SLURM_NTASKS; i++)); do\n"
+        '  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" & pids+=($!)\n'
+        "done\n"
+        'rc=0; for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done; exit $rc\n'
+    )
+    srun.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": str(ROOT),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "perfkit-test",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    result = subprocess.run(
+        ["bash", ROOT / "scripts" / "slurm.sbatch", *FAST, "logger=none", "data.batch_size=16"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = _metrics(tmp_path / "outputs" / "train" / "runs" / "slurm-4242")
+    assert metrics["world_size"] == 2 and metrics["train_samples_per_epoch"] == [2 * 5 * 16]
