@@ -9,10 +9,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.perfkit-installed
 
-.PHONY: help install train test test-all bench lint format clean
+.PHONY: help install train test test-all bench bench-suites lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install torch, perfkit and the dev tools (skips what is there)
 
@@ -31,9 +31,11 @@ test: install ## run the fast test suite with coverage (the default; < 5 min on 
 test-all: install ## also run the slow and multi-process tests
 	$(BIN)/pytest -m "not gpu" $(ARGS)
 
-bench: install ## run the benchmarks (pytest-benchmark); JSON in benchmarks/results/train_job-cpu.json
-	$(BIN)/pytest benchmarks/ -o addopts="" -p no:cacheprovider \
-		--benchmark-json=benchmarks/results/train_job-cpu.json $(ARGS)
+bench: install ## the variant benchmark, quick preset (< 5 min on 2 cores): report in outputs/bench/runs/
+	$(BIN)/python -m perfkit.bench $(ARGS)
+
+bench-suites: install ## every pytest-benchmark suite in benchmarks/ (hours on 2 cores; narrow with ARGS="-k ...")
+	$(BIN)/pytest benchmarks/ -o addopts="" -p no:cacheprovider $(ARGS)
 
 lint: install ## ruff lint + format check, mypy
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from perfkit.bench.report import machine_line
 from perfkit.run import environment, write_json
 
 RESULTS_DIR = Path(os.environ.get("PERFKIT_BENCH_RESULTS", Path(__file__).parent / "results"))
@@ -42,14 +43,6 @@ def fmt(summary: dict[str, float], digits: int = 0, unit: str = "") -> str:
 
 def device_tag() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def machine_line(env: dict[str, Any]) -> str:
-    gpu = f", GPU: {env['gpu']}" if env.get("gpu") else ", no GPU"
-    return (
-        f"Machine: {env['cpu_model']}, {env['cpu_count']} cores{gpu}; {env['platform']}; "
-        f"torch {env['torch']}, lightning {env['lightning']}; Python {env['python']}."
-    )
 
 
 def write_report(

@@ -97,21 +97,28 @@ def plain_run(ranks: int, accelerator: str = "cpu", strategy: str = "ddp") -> Ru
     return run
 
 
-def interleave(variants: dict[str, Runner], workdir: Path, desc: str) -> dict[str, list[dict[str, Any]]]:
-    """Each variant once per round, the order rotated every round."""
+def interleave(
+    variants: dict[str, Runner], workdir: Path, desc: str, benchmark: Any
+) -> dict[str, list[dict[str, Any]]]:
+    """Each variant once per round, the order rotated every round. pytest-benchmark times the rounds
+    (its JSON and --benchmark-compare see one interleaved round per sample); the per-variant
+    figures go to its extra_info and to this suite's report files."""
     names = list(variants)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    rounds = iter(range(ROUNDS))
     with tqdm(total=ROUNDS * len(names), desc=desc, unit="run") as bar:
-        for index in range(ROUNDS):
+
+        def one_round() -> None:
+            index = next(rounds)
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
-                safe_name = re.sub(
-                    r"[^A-Za-z0-9]+", "_", name
-                )  # the path must be a plain Hydra override value
-                directory = workdir / f"{safe_name}-{index}"
+                # the path must be a plain Hydra override value
+                directory = workdir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{index}"
                 directory.mkdir()
                 results[name].append(variants[name](directory))
                 bar.update()
+
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     return results
 
 
@@ -120,9 +127,12 @@ def _rates(results: list[dict[str, Any]]) -> list[float]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU scaling is measured on a CPU-only machine")
-def test_ddp_scaling_on_cpu(tmp_path: Path) -> None:
+@pytest.mark.benchmark(group="ddp")
+def test_ddp_scaling_on_cpu(benchmark: Any, tmp_path: Path) -> None:
     counts = (1, 2, 4)
-    results = interleave({f"{n} ranks": perfkit_run(n) for n in counts}, tmp_path, "DDP scaling runs")
+    results = interleave(
+        {f"{n} ranks": perfkit_run(n) for n in counts}, tmp_path, "DDP scaling runs", benchmark
+    )
     one = _rates(results["1 ranks"])
     rows = []
     for n in counts:
@@ -173,6 +183,7 @@ def test_ddp_scaling_on_cpu(tmp_path: Path) -> None:
     axes.set_title("CPU DDP scaling, small CNN, batch 64 per rank")
     axes.legend()
     verdict = "met" if data["target"]["met"] else "**missed**"
+    benchmark.extra_info.update(data)  # pytest-benchmark's JSON carries the per-variant figures too
     write_report(
         "ddp_scaling",
         data,
@@ -194,7 +205,8 @@ def test_ddp_scaling_on_cpu(tmp_path: Path) -> None:
     assert all(rate > 0 for row in rows for rate in (row["samples_per_s"]["median"],))
 
 
-def test_perfkit_ddp_overhead_vs_plain_lightning(tmp_path: Path) -> None:
+@pytest.mark.benchmark(group="ddp")
+def test_perfkit_ddp_overhead_vs_plain_lightning(benchmark: Any, tmp_path: Path) -> None:
     cuda = torch.cuda.is_available()
     accelerator, ranks = ("cuda", 1) if cuda else ("cpu", 2)
     variants = {
@@ -205,7 +217,7 @@ def test_perfkit_ddp_overhead_vs_plain_lightning(tmp_path: Path) -> None:
         variants["perfkit, pin_memory=false"] = perfkit_run(
             ranks, accelerator, "ddp", "data.pin_memory=false"
         )
-    results = interleave(variants, tmp_path, "perfkit vs plain Lightning")
+    results = interleave(variants, tmp_path, "perfkit vs plain Lightning", benchmark)
     ours, plain = _rates(results["perfkit"]), _rates(results["plain Lightning"])
     ratio = paired_ratios(ours, plain)
     walls = {name: [r["wall_s"] for r in runs] for name, runs in results.items()}
@@ -249,6 +261,7 @@ def test_perfkit_ddp_overhead_vs_plain_lightning(tmp_path: Path) -> None:
     axes.boxplot([_rates(results[name]) for name in variants], tick_labels=list(variants))
     axes.set_ylabel("training samples/s (all ranks)")
     axes.set_title(f"perfkit vs plain Lightning, DDP on {ranks} {'GPU' if cuda else 'CPU ranks'}")
+    benchmark.extra_info.update(data)  # pytest-benchmark's JSON carries the per-variant figures too
     write_report(
         "ddp_overhead",
         data,

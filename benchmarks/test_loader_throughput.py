@@ -100,8 +100,9 @@ def datamodule(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataModule:
     return module
 
 
+@pytest.mark.benchmark(group="data loading")
 def test_loader_throughput(
-    datamodule: SyntheticDataModule, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    benchmark: Any, datamodule: SyntheticDataModule, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -112,14 +113,18 @@ def test_loader_throughput(
 
     first: dict[LoaderConfig, list[float]] = {config: [] for config in configs}
     steady: dict[LoaderConfig, list[float]] = {config: [] for config in configs}
+    rounds = iter(range(ROUNDS))
     with tqdm(total=ROUNDS * len(configs), desc="loader configurations", unit="run") as bar:
-        for index in range(ROUNDS):
-            shift = index % len(configs)  # rotate the order so drift hits every configuration alike
+
+        def one_round() -> None:  # pytest-benchmark times whole interleaved rounds
+            shift = next(rounds) % len(configs)  # rotate the order so drift hits every configuration alike
             for config in configs[shift:] + configs[:shift]:
                 rate_first, rate_steady = epoch_rates(dataset, config, device)
                 first[config].append(rate_first)
                 steady[config].append(rate_steady)
                 bar.update()
+
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
 
     # what num_workers=auto picks on the same data, measured afresh (private cache)
     monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path))
@@ -226,6 +231,7 @@ def test_loader_throughput(
     axes.set_ylabel("samples/s, second epoch (median, p10-p90)")
     axes.set_title(f"DataLoader throughput, {COST_MS:g} ms CPU per sample, batch {BATCH}")
     axes.legend()
+    benchmark.extra_info.update(data)  # pytest-benchmark's JSON carries the per-variant figures too
     write_report(
         "loader_throughput",
         data,

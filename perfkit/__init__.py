@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 # public name -> module that defines it (loaded lazily, see __getattr__).
 # Training is `perfkit.train.train(cfg)`: `perfkit.train` is the module `python -m perfkit.train` runs.
 _LAZY_ATTRIBUTES = {
+    "BenchmarkReport": "perfkit.bench",
     "ConfigError": "perfkit.config",
+    "benchmark": "perfkit.bench",
     "compile": "perfkit.optim",
     "prune": "perfkit.optim",
     "quantize": "perfkit.optim",
@@ -23,10 +25,21 @@ _LAZY_ATTRIBUTES = {
 }
 
 if TYPE_CHECKING:
+    from perfkit.bench import BenchmarkReport, benchmark
     from perfkit.config import ConfigError
     from perfkit.optim import OptimizationReport, compile, prune, quantize, reports
 
-__all__ = ["ConfigError", "OptimizationReport", "__version__", "compile", "prune", "quantize", "reports"]
+__all__ = [
+    "BenchmarkReport",
+    "ConfigError",
+    "OptimizationReport",
+    "__version__",
+    "benchmark",
+    "compile",
+    "prune",
+    "quantize",
+    "reports",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,17 @@ def config_dir() -> Path:
     return Path(str(importlib.resources.files("perfkit.configs")))
 
 
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """Compose one of perfkit's configs, inside a running Hydra app or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose(name, overrides=overrides)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found in a composed config."""
     check_required(cfg)

@@ -7,14 +7,20 @@ from the per-round pairs, not from two separate runs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.benchmark import Measurement, TaskSpec
+
+if TYPE_CHECKING:
+    from torch.utils.benchmark import Measurement
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class Timing:
     @property
     def measurement(self) -> Measurement:
         """torch.utils.benchmark's view of the same samples (median, IQR, ...)."""
+        # its import pulls in cpp_extension, which warns "No CUDA runtime is found" on CPU-only machines
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        from torch.utils.benchmark import Measurement, TaskSpec
+
         spec = TaskSpec(stmt=self.name, setup="", description=self.name)
         return Measurement(number_per_run=1, raw_times=self.seconds, task_spec=spec)
 
@@ -40,17 +50,24 @@ class Timing:
 
     @property
     def p90_ms(self) -> float:
+        return self.quantile_ms(0.9)
+
+    def quantile_ms(self, q: float) -> float:
+        """The ``q`` quantile of the samples (nearest rank), in milliseconds."""
         ordered = sorted(self.seconds)
-        return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))] * 1e3
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3
 
 
 @dataclass(frozen=True)
 class Speedup:
-    """``baseline / variant`` per round: median and the 10th-90th percentile range of those ratios."""
+    """``baseline / variant`` per round: median, the 10th-90th percentile range of those ratios and a
+    distribution-free 95% confidence interval of their median (binomial order statistics)."""
 
     median: float
     low: float
     high: float
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
     def __str__(self) -> str:
         return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
@@ -98,7 +115,62 @@ def speedup(baseline: Timing, variant: Timing) -> Speedup:
     """Paired per-round ratios ``baseline / variant`` (valid because the rounds were interleaved)."""
     ratios = sorted(b / v for b, v in zip(baseline.seconds, variant.seconds, strict=True))
     deciles = statistics.quantiles(ratios, n=10, method="inclusive") if len(ratios) > 1 else ratios * 9
-    return Speedup(median=statistics.median(ratios), low=deciles[0], high=deciles[-1])
+    median = statistics.median(ratios)
+    ci_low, ci_high = median_confidence_interval(ratios)
+    return Speedup(median=median, low=deciles[0], high=deciles[-1], ci_low=ci_low, ci_high=ci_high)
+
+
+def median_confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median (scipy's quantile test); NaN with under 6 samples."""
+    from scipy.stats import quantile_test
+
+    median = statistics.median(values)
+    interval = quantile_test(list(values), q=median, p=0.5).confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
+
+
+def peak_memory_bytes(function: Callable[[], Any], device: torch.device | str = "cpu") -> int:
+    """Peak bytes one call allocates above what was allocated before it (activations, workspace,
+    gradients; the weights already in memory are not counted).
+
+    CUDA reads the caching allocator's peak; CPU replays the profiler's allocation events in order.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        function()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler,
+    ):
+        function()
+    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+    allocated = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        if event.device_type() == torch._C._autograd.DeviceType.CPU:
+            allocated += event.nbytes()
+            peak = max(peak, allocated)
+    return peak
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide the profiler's C++ log lines (kineto prints several per session, even on success)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:

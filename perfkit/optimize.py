@@ -30,6 +30,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from perfkit.bench.core import accuracy as test_accuracy
     from perfkit.optim import compile as compile_model
     from perfkit.optim import prune, quantize, reports
     from perfkit.optim.quantization import BACKENDS, SCHEMES
@@ -37,7 +38,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     from perfkit.run import environment, guard_run_dir, write_json
 
     check_required(cfg)
-    checkpoint, run_cfg = _load_run(cfg.ckpt_path)
+    checkpoint, run_cfg = load_run(cfg.ckpt_path)
     if cfg.quantize is not None and cfg.quantize not in SCHEMES:
         raise ConfigError(f"quantize={cfg.quantize!r} is not valid; allowed: null, {', '.join(SCHEMES)}")
     if cfg.quantize_backend not in BACKENDS:
@@ -77,7 +78,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         current = prune(current, amount=cfg.prune.amount, method=cfg.prune.method, example_inputs=example)
         label = f"prune {cfg.prune.method} {cfg.prune.amount}"
         if cfg.prune.finetune_epochs:
-            current = _finetune(current, model, datamodule, run_cfg, cfg.prune.finetune_epochs, device)
+            current = finetune(current, model, datamodule, run_cfg, cfg.prune.finetune_epochs, device)
             label += f" + fine-tune {cfg.prune.finetune_epochs} ep"
         stages.append((label, current.eval()))
     if cfg.quantize:
@@ -93,7 +94,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     for name, net in stages:
         if device.type == "cpu" or not cfg.quantize:
             net.to(device)
-        accuracy = _accuracy(net, datamodule.test_dataloader(), device)
+        accuracy = test_accuracy(net, datamodule.test_dataloader(), device)
         rows.append(
             {
                 "variant": name,
@@ -162,7 +163,8 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
+def load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint of a perfkit training run and that run's resolved config."""
     import torch
 
     path = Path(ckpt_path).expanduser()
@@ -179,13 +181,13 @@ def _load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
     return torch.load(path, map_location="cpu", weights_only=False), OmegaConf.load(run_config)  # type: ignore[return-value]
 
 
-def _finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs: int, device: Any) -> Any:
+def finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs: int, device: Any) -> Any:
     """Train the pruned network a few epochs with the run's optimizer, to recover accuracy."""
     import lightning as L
     from hydra.utils import instantiate
 
     tuned = copy.deepcopy(model)
-    tuned.net = net
+    tuned.net = net.train()
     tuned.optimizer_factory = instantiate(run_cfg.model.optimizer) if run_cfg.model.get("optimizer") else None
     tuned.scheduler_factory = None
     trainer = L.Trainer(
@@ -199,18 +201,6 @@ def _finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs
     )
     trainer.fit(tuned, datamodule=datamodule)
     return tuned.net
-
-
-def _accuracy(net: Any, loader: Any, device: Any) -> float:
-    import torch
-
-    correct = total = 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            predictions = net(images.to(device)).argmax(dim=1).cpu()
-            correct += int((predictions == labels).sum())
-            total += len(labels)
-    return correct / total
 
 
 def _time_stages(

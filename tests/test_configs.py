@@ -18,8 +18,9 @@ CONFIGS = config_dir()
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
     for path in CONFIGS.glob("*/*.yaml")
-    if path.parent.name not in ("hydra", "paths")
+    if path.parent.name not in ("hydra", "paths", "bench")
 )
+BENCH_PRESETS = sorted(path.stem for path in (CONFIGS / "bench").glob("*.yaml"))
 
 
 def test_configs_dir_is_the_repositorys_top_level_configs() -> None:
@@ -31,6 +32,7 @@ def test_every_yaml_file_is_covered() -> None:
     covered = {CONFIGS / group / f"{option}.yaml" for group, option in GROUP_OPTIONS}
     covered |= {CONFIGS / "train.yaml", CONFIGS / "hydra/default.yaml", CONFIGS / "paths/default.yaml"}
     covered |= {CONFIGS / "optimize.yaml"}  # test_optimize_config_composes
+    covered |= {CONFIGS / "bench.yaml", *(CONFIGS / "bench" / f"{p}.yaml" for p in BENCH_PRESETS)}
     covered |= {CONFIGS / "data/loader/default.yaml"}  # included by every data option
     assert set(CONFIGS.rglob("*.yaml")) == covered
 
@@ -68,6 +70,20 @@ def test_option_composes_and_instantiates(
         trainer = instantiate(cfg.trainer, strategy=build_strategy(cfg.strategy.name), logger=False)
         expected_epochs = 1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs
         assert trainer.max_epochs == expected_epochs
+
+
+@pytest.mark.parametrize("preset", BENCH_PRESETS)
+def test_bench_presets_compose_and_validate(preset: str) -> None:
+    from perfkit.bench.suite import BenchConfig
+    from perfkit.bench.variants import MODELS, VARIANTS
+    from perfkit.config import compose_config
+
+    cfg = compose_config("bench", [f"bench={preset}"])
+    spec = BenchConfig.from_config(cfg.bench, cfg.device)
+    assert spec.variants == list(VARIANTS)  # every preset covers the whole variant matrix
+    assert set(spec.models) <= set(MODELS) and spec.modes == ["inference", "train"]
+    if preset == "full":
+        assert spec.models == list(MODELS) and spec.batch_sizes == [1, 64, 256]
 
 
 def test_optimize_config_composes(tmp_path: Path) -> None:

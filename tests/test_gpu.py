@@ -78,3 +78,27 @@ def test_more_gpus_than_exist_is_one_line(tmp_path: Path) -> None:
     )
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("perfkit.train: error: ")
+
+
+def test_benchmark_on_cuda_measures_every_gpu_variant() -> None:
+    import perfkit
+    from perfkit.bench.variants import Settings, build, network
+
+    net = network("cnn", (1, 28, 28), 10).cuda().eval()
+    built: dict[str, Any] = {}
+    settings = Settings(example_inputs=torch.zeros(1, 1, 28, 28))
+    variants = {name: build(name, net, built, settings) for name in ("eager", "compile", "bf16")}
+    variants["int8_dynamic"] = net  # skipped by its name: int8 is not built on a GPU
+    images = torch.randn(32, 1, 28, 28)
+    report = perfkit.benchmark(variants, images, device="cuda", rounds=6, warmup=2, model_name="cnn")
+    for name in ("eager", "compile", "bf16"):
+        row = report.row("cnn", name, device="cuda")
+        assert row.ok and row.peak_memory_bytes and row.peak_memory_bytes > 0
+    assert (
+        report.row("cnn", "int8_dynamic", device="cuda").reason
+        == "int8 dynamic quantization runs on the CPU only"
+    )
+    train = perfkit.benchmark(
+        {"eager": net}, images, device="cuda", mode="train", targets=torch.randint(0, 10, (32,)), rounds=6
+    )
+    assert train.row("model", "eager", device="cuda", mode="train").ok

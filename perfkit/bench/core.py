@@ -1,0 +1,216 @@
+"""``perfkit.benchmark``: time variants of a model side by side and report speed, memory, size, accuracy."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from perfkit.bench.report import BenchmarkReport, Row
+from perfkit.bench.variants import MODES, check_choices, skip_reason
+from perfkit.measure import peak_memory_bytes, speedup, time_interleaved
+from perfkit.optim.report import count_parameters, serialized_size
+
+Batch = torch.Tensor | tuple[torch.Tensor, ...]
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def benchmark(
+    variants: Mapping[str, nn.Module],
+    example_inputs: Batch,
+    *,
+    device: str | torch.device = "cpu",
+    mode: str = "inference",
+    targets: torch.Tensor | None = None,
+    loss_fn: LossFunction = F.cross_entropy,
+    eval_data: Iterable[tuple[Any, torch.Tensor]] | None = None,
+    baseline: str | None = None,
+    rounds: int = 30,
+    warmup: int = 3,
+    threads: int | None = None,
+    model_name: str = "model",
+) -> BenchmarkReport:
+    """Time each model of ``variants`` on ``example_inputs``, interleaved round by round.
+
+    ``mode="inference"`` times a forward pass under ``torch.inference_mode``; ``mode="train"`` times
+    forward, ``loss_fn(output, targets)``, backward and an SGD step on a copy of each model. The
+    baseline (default: ``"eager"`` if present, else the first variant) sets the speed-ups. With
+    ``eval_data`` (batches of inputs and class labels) each variant's accuracy is measured too.
+    Models are moved to ``device``. A variant that cannot run there, or fails, gets a row saying why.
+    """
+    device = torch.device(device)
+    report = BenchmarkReport(environment=_environment(), config={"timing": _timing(rounds, warmup, threads)})
+    report.rows = measure_variants(
+        variants,
+        example_inputs,
+        model_name=model_name,
+        device=device,
+        mode=mode,
+        targets=targets,
+        loss_fn=loss_fn,
+        eval_data=eval_data,
+        baseline=baseline,
+        rounds=rounds,
+        warmup=warmup,
+        threads=threads,
+    )
+    return report
+
+
+def measure_variants(
+    variants: Mapping[str, nn.Module],
+    example_inputs: Batch,
+    *,
+    model_name: str,
+    device: torch.device,
+    mode: str,
+    targets: torch.Tensor | None = None,
+    loss_fn: LossFunction = F.cross_entropy,
+    eval_data: Iterable[tuple[Any, torch.Tensor]] | None = None,
+    baseline: str | None = None,
+    rounds: int = 30,
+    warmup: int = 3,
+    threads: int | None = None,
+    skipped: Mapping[str, str] | None = None,
+    failed: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Row]:
+    """The rows of one (model, device, mode, batch size) cell. ``skipped`` and ``failed`` map the
+    variants not to run to the reason (or the error that came up while building them)."""
+    check_choices("mode", [mode], MODES)
+    if not variants:
+        raise ValueError("no variants to benchmark: pass a dict of name -> nn.Module")
+    if mode == "train" and targets is None:
+        raise ValueError("mode='train' needs targets for the loss (e.g. class labels of example_inputs)")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    batch_size = len(inputs[0])
+    baseline = baseline or ("eager" if "eager" in variants else next(iter(variants)))
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not a variant; allowed: {', '.join(variants)}")
+
+    rows = {
+        name: Row(model_name, name, device.type, mode, batch_size, baseline=baseline) for name in variants
+    }
+    steps: dict[str, Callable[[], Any]] = {}
+    for name, model in variants.items():
+        if name in (failed or {}):
+            rows[name].status, rows[name].reason = "failed", (failed or {})[name]
+            continue
+        reason = (skipped or {}).get(name) or skip_reason(name, device, mode, model)
+        if reason:
+            rows[name].status, rows[name].reason = "skipped", reason
+            continue
+        try:
+            steps[name] = step_function(model, inputs, device, mode, targets, loss_fn)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                steps[name]()  # the first call: compilation, and any error the model raises
+            rows[name].notes += sorted({str(w.message).splitlines()[0] for w in caught if _worth_noting(w)})
+        except Exception as error:  # one variant failing must not lose the others' measurements
+            rows[name].status, rows[name].reason = "failed", f"{type(error).__name__}: {_first_line(error)}"
+            steps.pop(name, None)
+
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        timings = (
+            time_interleaved(steps, rounds=rounds, warmup=warmup, device=device, progress=progress)
+            if steps
+            else {}
+        )
+        memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    for name, timing in timings.items():
+        row, model = rows[name], variants[name]
+        row.rounds = rounds
+        row.latency_ms_median = timing.median_ms
+        row.latency_ms_p10 = timing.quantile_ms(0.1)
+        row.latency_ms_p90 = timing.p90_ms
+        row.latency_ms_iqr = timing.iqr_ms
+        row.throughput = batch_size / (timing.median_ms / 1e3)
+        row.peak_memory_bytes = memory[name]
+        row.size_bytes = serialized_size(model)
+        row.parameters = count_parameters(model)
+        if eval_data is not None and mode == "inference":
+            row.test_acc = accuracy(model, eval_data, device)
+        if baseline in timings:
+            ratio = speedup(timings[baseline], timing)
+            row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
+            row.speedup_ci_low, row.speedup_ci_high = ratio.ci_low, ratio.ci_high
+    return list(rows.values())
+
+
+def step_function(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    device: torch.device,
+    mode: str,
+    targets: torch.Tensor | None = None,
+    loss_fn: LossFunction = F.cross_entropy,
+) -> Callable[[], Any]:
+    """A zero-argument call of one inference pass or one training step, inputs already on ``device``."""
+    inputs = tuple(t.to(device) for t in inputs)
+    if mode == "inference":
+        model = model.to(device).eval()
+
+        def infer() -> Any:
+            with torch.inference_mode():
+                return model(*inputs)
+
+        return infer
+    if targets is None:
+        raise ValueError("mode='train' needs targets")
+    trained = copy.deepcopy(model).to(device).train()
+    labels = targets.to(device)
+    optimizer = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=1e-3)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(trained(*inputs), labels).backward()
+        optimizer.step()
+
+    return train_step
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` in eval mode over labelled batches."""
+    correct = total = 0
+    model.eval()
+    with torch.inference_mode():
+        for images, labels in batches:
+            predictions = model(images.to(device)).argmax(dim=1).cpu()
+            correct += int((predictions == labels).sum())
+            total += len(labels)
+    if total == 0:
+        raise ValueError("eval_data is empty")
+    return correct / total
+
+
+def _worth_noting(warning: warnings.WarningMessage) -> bool:
+    # a compile fallback or a quantizer's "nothing to quantize" matters; library deprecations do not
+    return not issubclass(warning.category, DeprecationWarning | FutureWarning)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _timing(rounds: int, warmup: int, threads: int | None) -> dict[str, Any]:
+    return {"rounds": rounds, "warmup": warmup, "threads": threads or torch.get_num_threads()}
+
+
+def _environment() -> dict[str, Any]:
+    from perfkit.run import environment
+
+    return environment()

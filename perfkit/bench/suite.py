@@ -1,0 +1,325 @@
+"""The variant matrix of ``python -m perfkit.bench``: model x variant x device x mode x batch size.
+
+For each model: train it briefly on the bundled data (so accuracy means something), prune its
+channels once (and fine-tune), then for each device build every variant and time them interleaved,
+one (device, mode, batch size) cell at a time. After every cell the report on disk is rewritten,
+so an interrupted run keeps its finished rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from perfkit.bench.core import measure_variants
+from perfkit.bench.report import BenchmarkReport
+from perfkit.bench.variants import MODELS, MODES, VARIANTS, Settings, build, check_choices, skip_reason
+from perfkit.config import ConfigError, compose_config, config_dir
+from perfkit.optim import prune
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The ``bench`` config group, validated (see configs/bench/quick.yaml for the meaning of each)."""
+
+    models: list[str]
+    variants: list[str]
+    devices: list[str]
+    modes: list[str] = field(default_factory=lambda: ["inference"])
+    batch_sizes: list[int] = field(default_factory=lambda: [64])
+    rounds: int = 20
+    warmup: int = 2
+    threads: int | None = None
+    prune_amount: float = 0.5
+    data: str = "mnist"
+    train_epochs: int = 2
+    finetune_epochs: int = 1
+
+    @classmethod
+    def from_config(cls, node: DictConfig, device: str | None = None) -> BenchConfig:
+        values: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown bench option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
+        for key in ("models", "variants", "devices", "modes", "batch_sizes"):
+            if isinstance(values.get(key), str | int):
+                values[key] = [values[key]]  # bench.models=cnn means [cnn]
+        if device is not None:
+            values["devices"] = [device]
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        try:
+            check_choices("model", self.models, MODELS)
+            check_choices("variant", self.variants, tuple(VARIANTS))
+            check_choices("mode", self.modes, MODES)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        for device in self.devices:
+            try:
+                kind = torch.device(device).type
+            except (RuntimeError, TypeError):
+                kind = None
+            if kind not in ("cpu", "cuda"):
+                raise ConfigError(f"device {device!r} is not valid; allowed: cpu, cuda, cuda:N")
+        if not self.devices:
+            raise ConfigError("no device chosen; allowed: cpu, cuda, cuda:N")
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch_sizes must be integers >= 1, got {self.batch_sizes}")
+        if self.rounds < 6:
+            raise ConfigError(f"rounds={self.rounds}: at least 6 are needed for a 95% confidence interval")
+        if self.warmup < 1:
+            raise ConfigError(
+                f"warmup={self.warmup}: at least 1 (compiled variants compile at the first call)"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be null or >= 1, got {self.threads}")
+        if not 0 < self.prune_amount < 1:
+            raise ConfigError(f"prune_amount must be in (0, 1), got {self.prune_amount}")
+        if self.train_epochs < 0 or self.finetune_epochs < 0:
+            raise ConfigError("train_epochs and finetune_epochs must be >= 0")
+        datasets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
+        if self.data not in datasets:
+            raise ConfigError(f"data={self.data!r} is not a dataset config; allowed: {', '.join(datasets)}")
+
+    @property
+    def cells_per_model(self) -> int:
+        return len(self.devices) * len(self.modes) * len(self.batch_sizes)
+
+
+@dataclass
+class Prepared:
+    """One model ready for the matrix: its network (trained or not) and held-out data."""
+
+    name: str
+    net: nn.Module
+    channels: nn.Module | None  # the channel-pruned network, fine-tuned when the model was trained
+    test_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    trained: bool
+    notes: dict[str, list[str]]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` held-out images and labels (repeated when the test set is smaller)."""
+        images = torch.cat([x for x, _ in self.test_batches])
+        labels = torch.cat([y for _, y in self.test_batches])
+        repeats = -(-size // len(images))
+        return images.repeat(repeats, *[1] * (images.dim() - 1))[:size], labels.repeat(repeats)[:size]
+
+
+def run_bench(cfg: DictConfig) -> BenchmarkReport:
+    """Measure the matrix described by ``cfg.bench``; write the report into ``cfg.paths.output_dir``."""
+    from tqdm import tqdm
+
+    from perfkit.run import environment, guard_run_dir
+
+    spec = BenchConfig.from_config(cfg.bench, cfg.get("device"))
+    if not torch.cuda.is_available() and all(d.startswith("cuda") for d in spec.devices):
+        log.warning("CUDA is not available on this machine: every row will be skipped, so nothing is trained")
+        spec = dataclasses.replace(spec, train_epochs=0)
+    output_dir = Path(cfg.paths.output_dir)
+    guard_run_dir(output_dir, precious=("report.json",))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    torch.manual_seed(cfg.seed)
+    threads = spec.threads or torch.get_num_threads()
+    report = BenchmarkReport(
+        environment=environment(),
+        config={
+            "bench": OmegaConf.to_container(cfg.bench, resolve=True),
+            "devices": spec.devices,
+            "timing": {"rounds": spec.rounds, "warmup": spec.warmup, "threads": threads},
+        },
+        complete=False,
+    )
+    # one tick per model prepared and per interleaved round of each cell
+    total = len(spec.models) * (spec.cells_per_model * spec.rounds + 1)
+    bar = tqdm(total=total, desc="perfkit.bench", unit="round", disable=None, dynamic_ncols=True)
+    with warnings.catch_warnings():
+        # library deprecation chatter (torch.ao's quantized tensors, Lightning internals) is not actionable here
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        try:
+            for name in spec.models:
+                bar.set_postfix_str(f"{name}: training" if spec.train_epochs else f"{name}: building")
+                prepared = prepare(name, spec, output_dir / "training" / name, seed=cfg.seed)
+                bar.update(1)
+                for device_name in spec.devices:
+                    _measure_device(prepared, torch.device(device_name), spec, report, output_dir, bar)
+        except KeyboardInterrupt:
+            report.save(output_dir, plots=bool(report.rows))
+            raise
+        finally:
+            bar.close()
+    report.complete = True
+    report.save(output_dir)
+    log.info("report in %s", output_dir)
+    return report
+
+
+def _measure_device(
+    prepared: Prepared,
+    device: torch.device,
+    spec: BenchConfig,
+    report: BenchmarkReport,
+    output_dir: Path,
+    bar: Any,
+) -> None:
+    variants, skipped, failed = build_variants(prepared, device, spec)
+    accuracy: dict[str, float | None] = {}
+    for mode in spec.modes:
+        for batch_size in spec.batch_sizes:
+            bar.set_postfix_str(f"{prepared.name} {device.type} {mode} batch {batch_size}")
+            images, labels = prepared.batch(batch_size)
+            first_inference = mode == "inference" and not accuracy
+            ticks = 0
+
+            def tick(done: int, rounds: int) -> None:
+                nonlocal ticks
+                ticks += 1
+                bar.update(1)
+
+            rows = measure_variants(
+                variants,
+                images,
+                model_name=prepared.name,
+                device=device,
+                mode=mode,
+                targets=labels,
+                eval_data=prepared.test_batches if first_inference and prepared.trained else None,
+                rounds=spec.rounds,
+                warmup=spec.warmup,
+                threads=spec.threads,
+                skipped=skipped,
+                failed=failed,
+                progress=tick,
+            )
+            bar.update(spec.rounds - ticks)  # a cell with nothing to time ticks no rounds
+            for row in rows:
+                if first_inference:
+                    accuracy[row.variant] = row.test_acc
+                elif mode == "inference":
+                    row.test_acc = accuracy.get(row.variant)
+                row.notes += prepared.notes.get(row.variant, [])
+            report.rows += rows
+            report.save(output_dir, plots=False)
+
+
+def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepared:
+    """Train ``name`` for ``spec.train_epochs`` with perfkit.train (0: random weights), then prune."""
+    from hydra.utils import instantiate
+
+    from perfkit.optimize import finetune
+    from perfkit.train import train
+
+    accelerator = (
+        "gpu" if torch.cuda.is_available() and any(d.startswith("cuda") for d in spec.devices) else "cpu"
+    )
+    overrides = [
+        f"model={name}",
+        f"data={spec.data}",
+        f"trainer.max_epochs={max(spec.train_epochs, 1)}",
+        f"accelerator={accelerator}",
+        f"seed={seed}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+    ]
+    run_cfg = compose_config("train", overrides)
+    OmegaConf.update(run_cfg, "paths.output_dir", str(run_dir), force_add=True)
+    notes: dict[str, list[str]] = {}
+    with _quiet_lightning(run_dir):
+        if spec.train_epochs:
+            train(run_cfg)
+        datamodule = instantiate(run_cfg.data)
+        classifier = instantiate(
+            run_cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+        )
+        if spec.train_epochs:
+            checkpoint = torch.load(
+                run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+            )
+            classifier.load_state_dict(checkpoint["state_dict"])
+        datamodule.setup("fit")
+        test_batches = list(datamodule.test_dataloader())
+        net = classifier.net.eval()
+        channels = None
+        if {"prune_channels", "compile_channels"} & set(spec.variants):
+            channels = prune(
+                net, amount=spec.prune_amount, method="channels", example_inputs=test_batches[0][0][:1]
+            )
+            if spec.train_epochs and spec.finetune_epochs:
+                device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+                channels = finetune(channels, classifier, datamodule, run_cfg, spec.finetune_epochs, device)
+                channels = channels.cpu().eval()
+                note = f"fine-tuned {spec.finetune_epochs} epoch(s) after pruning"
+                notes = {"prune_channels": [note], "compile_channels": [note]}
+    if spec.train_epochs and "prune_unstructured" in spec.variants:
+        notes["prune_unstructured"] = ["not fine-tuned: training would refill the zeroed weights"]
+    if not spec.train_epochs:
+        log.info("%s: random weights (bench.train_epochs=0): speed only, no accuracy", name)
+    return Prepared(name, net, channels, test_batches, bool(spec.train_epochs), notes)
+
+
+def build_variants(
+    prepared: Prepared, device: torch.device, spec: BenchConfig
+) -> tuple[dict[str, nn.Module], dict[str, str], dict[str, str]]:
+    """Every variant of the prepared network on ``device``; plus skip reasons and build failures."""
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    variants: dict[str, nn.Module] = {}
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return (
+            dict.fromkeys(spec.variants, prepared.net),
+            dict.fromkeys(spec.variants, "CUDA is not available on this machine"),
+            {},
+        )
+    net = copy.deepcopy(prepared.net).to(device).eval()
+    built: dict[str, nn.Module] = {}
+    if prepared.channels is not None:
+        built["prune_channels"] = copy.deepcopy(prepared.channels).to(device).eval()
+    settings = Settings(example_inputs=prepared.test_batches[0][0][:1], prune_amount=spec.prune_amount)
+    for name in spec.variants:
+        reason = skip_reason(name, device, "inference")
+        if reason:
+            skipped[name], variants[name] = reason, net
+            continue
+        try:
+            built[name] = variants[name] = build(name, net, built, settings)
+        except Exception as error:
+            failed[name], variants[name] = (
+                f"{type(error).__name__}: {str(error).strip().splitlines()[0]}",
+                net,
+            )
+    return variants, skipped, failed
+
+
+@contextlib.contextmanager
+def _quiet_lightning(run_dir: Path) -> Any:
+    """Training prints Lightning's banners and result tables: keep them in the run dir, not on the bar."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "perfkit.train")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with open(run_dir / "stdout.txt", "a") as stdout, contextlib.redirect_stdout(stdout):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
