@@ -37,10 +37,11 @@ bench: install ## the variant benchmark, quick preset (< 5 min on 2 cores): repo
 bench-suites: install ## every pytest-benchmark suite in benchmarks/ (hours on 2 cores; narrow with ARGS="-k ...")
 	$(BIN)/pytest benchmarks/ -o addopts="" -p no:cacheprovider $(ARGS)
 
-lint: install ## ruff lint + format check, mypy
+lint: install ## ruff lint + format check, mypy, hadolint on Dockerfile.gpu
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile.gpu
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
