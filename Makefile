@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.perfkit-installed
 
-.PHONY: help install train test test-all bench bench-suites lint format clean
+.PHONY: help install train test test-all bench bench-suites lint docs format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,9 +43,12 @@ lint: install ## ruff lint + format check, mypy, hadolint on Dockerfile.gpu
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.gpu
 
+docs: install ## build the docs site into site/ (MkDocs; any warning, e.g. a broken reference, fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean: ## remove run outputs and caches (keeps .venv)
-	rm -rf outputs multirun wandb lightning_logs .mypy_cache .ruff_cache .coverage .benchmarks
+	rm -rf outputs multirun wandb lightning_logs site .mypy_cache .ruff_cache .coverage .benchmarks
