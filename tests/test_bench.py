@@ -418,3 +418,21 @@ def test_progress_ticks_once_per_interleaved_round() -> None:
         progress=lambda done, total: ticks.append(done),
     )
     assert ticks == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_variant_that_fails_to_build_is_a_failed_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perfkit.bench import variants as registry
+    from perfkit.bench.suite import Prepared, build_variants
+
+    def refuse(*args: Any) -> nn.Module:
+        raise RuntimeError  # no message at all
+
+    monkeypatch.setitem(registry.VARIANTS, "compile", refuse)
+    net = registry.network("mlp", (1, 28, 28), 10)
+    prepared = Prepared(
+        "mlp", net, None, [(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))], False, {}
+    )
+    spec = BenchConfig(models=["mlp"], variants=["eager", "compile"], devices=["cpu"])
+    variants, skipped, failed = build_variants(prepared, torch.device("cpu"), spec)
+    assert failed == {"compile": "RuntimeError: no message"} and not skipped
+    assert set(variants) == {"eager", "compile"}

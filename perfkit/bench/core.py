@@ -114,7 +114,7 @@ def measure_variants(
                 steps[name]()  # the first call: compilation, and any error the model raises
             rows[name].notes += sorted({str(w.message).splitlines()[0] for w in caught if _worth_noting(w)})
         except Exception as error:  # one variant failing must not lose the others' measurements
-            rows[name].status, rows[name].reason = "failed", f"{type(error).__name__}: {_first_line(error)}"
+            rows[name].status, rows[name].reason = "failed", f"{type(error).__name__}: {first_line(error)}"
             steps.pop(name, None)
 
     previous_threads = torch.get_num_threads()
@@ -201,7 +201,8 @@ def _worth_noting(warning: warnings.WarningMessage) -> bool:
     return not issubclass(warning.category, DeprecationWarning | FutureWarning)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or 'no message' (a bare ``raise RuntimeError()``)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else "no message"
 

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from perfkit.bench.core import measure_variants
+from perfkit.bench.core import first_line, measure_variants
 from perfkit.bench.report import BenchmarkReport
 from perfkit.bench.variants import MODELS, MODES, VARIANTS, Settings, build, check_choices, skip_reason
 from perfkit.config import ConfigError, compose_config, config_dir
@@ -302,10 +302,7 @@ def build_variants(
         try:
             built[name] = variants[name] = build(name, net, built, settings)
         except Exception as error:
-            failed[name], variants[name] = (
-                f"{type(error).__name__}: {str(error).strip().splitlines()[0]}",
-                net,
-            )
+            failed[name], variants[name] = f"{type(error).__name__}: {first_line(error)}", net
     return variants, skipped, failed
 
 
