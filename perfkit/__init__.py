@@ -21,6 +21,7 @@ _LAZY_ATTRIBUTES = {
     "prune": "perfkit.optim",
     "quantize": "perfkit.optim",
     "reports": "perfkit.optim",
+    "tune": "perfkit.tune",
     "OptimizationReport": "perfkit.optim",
 }
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from perfkit.bench import BenchmarkReport, benchmark
     from perfkit.config import ConfigError
     from perfkit.optim import OptimizationReport, compile, prune, quantize, reports
+    from perfkit.tune import tune
 
 __all__ = [
     "BenchmarkReport",
@@ -39,6 +41,7 @@ __all__ = [
     "prune",
     "quantize",
     "reports",
+    "tune",
 ]
 
 
@@ -46,4 +49,6 @@ def __getattr__(name: str) -> Any:
     module_name = _LAZY_ATTRIBUTES.get(name)
     if module_name is None:
         raise AttributeError(f"module 'perfkit' has no attribute {name!r}")
-    return getattr(importlib.import_module(module_name), name)
+    module = importlib.import_module(module_name)
+    # `perfkit.tune` is a callable module (function and `python -m perfkit.tune` share the name)
+    return module if module.__name__ == f"perfkit.{name}" else getattr(module, name)

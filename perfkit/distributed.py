@@ -81,6 +81,7 @@ def check_shared_run_dir() -> None:
     """Under torchrun or SLURM every rank composes its own config: without a shared run id each would
     pick its own timestamped run directory, so checkpoints and logs would scatter."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     external = TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
@@ -88,6 +89,8 @@ def check_shared_run_dir() -> None:
         return
     if os.environ.get(RUN_ID_VARIABLE) or not HydraConfig.initialized():
         return
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return  # a sweep job's directory is fixed by the launcher (submitit) and shared by its ranks
     if any(override.startswith("hydra.run.dir=") for override in HydraConfig.get().overrides.hydra):
         return
     launcher = "torchrun" if TorchElasticEnvironment.detect() else "SLURM"

@@ -146,7 +146,7 @@ def peak_memory_bytes(function: Callable[[], Any], device: torch.device | str = 
     from torch.profiler import ProfilerActivity, profile
 
     with (
-        _native_stderr_silenced(),
+        quiet_profiler_logs(),
         profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler,
     ):
         function()
@@ -160,7 +160,7 @@ def peak_memory_bytes(function: Callable[[], Any], device: torch.device | str = 
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def quiet_profiler_logs() -> Iterator[None]:
     """Hide the profiler's C++ log lines (kineto prints several per session, even on success)."""
     sys.stderr.flush()
     saved = os.dup(2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import sys
 import time
@@ -43,8 +44,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from perfkit.callbacks import TrainingSpeed
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.run import environment, guard_run_dir, is_launching_process, resume_checkpoint, write_json
+    from perfkit.tracking import check_loggers, finish_training_runs
 
     _avoid_duplicate_log_lines()
+    check_loggers(cfg.get("logger"))
     distributed.check_shared_run_dir()
     run_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume") == "auto"
@@ -62,11 +65,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
     callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), *optimizations.callbacks(model), speed]
     loggers = instantiate_all(cfg.get("logger"), instantiate)
+    profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
+    if isinstance(
+        profiler, L.Callback
+    ):  # perfkit's torch.profiler callback; Lightning's own go to the Trainer
+        callbacks.append(profiler)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         strategy=build_strategy(cfg.strategy.name, cfg.strategy.get("options")),
         callbacks=callbacks,
         logger=loggers or False,
+        profiler=None if isinstance(profiler, L.Callback) else profiler,
         _convert_="all",
     )
 
@@ -81,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, _config_file(run_dir), resolve=True)
         log.info("run directory: %s%s", run_dir, f" (resuming from {resume_from})" if resume_from else "")
     for logger in trainer.loggers:
-        logger.log_hyperparams(resolved)  # type: ignore[arg-type]
+        logger.log_hyperparams({**resolved, "system": environment()})  # type: ignore[dict-item]
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
@@ -125,11 +134,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": environment(),
     }
+    profile = _profile_summary(run_dir) if trainer.is_global_zero else None
+    if profile is not None:
+        metrics["profile"] = profile
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         log.info("run directory: %s", run_dir)
-    _finish_wandb_runs(trainer)
+    finish_training_runs(
+        trainer,
+        run_dir,
+        [run_dir / name for name in ("metrics.json", "config.yaml", "profile.json", "profile.md")],
+    )
     return metrics
+
+
+def _profile_summary(run_dir: Path) -> dict[str, Any] | None:
+    """Log the step breakdown the ``pytorch`` profiler saved (rank 0 wrote it, possibly in a spawned
+    worker) and return its headline for ``metrics.json``."""
+    import json
+
+    from perfkit.profiling import summary_lines
+
+    path = run_dir / "profile.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    for line in summary_lines(result):
+        log.info(line)
+    return {
+        "breakdown": result.get("breakdown"),
+        "hint": result.get("hint"),
+        "trace_dir": _relative_to(result["trace_dir"], run_dir),
+        "report": "profile.md",
+    }
 
 
 def _process_group_backend(strategy: Any) -> str | None:
@@ -177,15 +214,6 @@ def _data_loading(datamodule: Any, trainer: Any) -> dict[str, Any]:
     if choice is not None:
         info["auto"] = {"source": choice.source, "samples_per_s": choice.samples_per_s}
     return info
-
-
-def _finish_wandb_runs(trainer: Any) -> None:
-    """Close W&B runs so offline files are complete (Lightning's WandbLogger leaves them open)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.finish()
 
 
 def _avoid_duplicate_log_lines() -> None:
@@ -246,30 +274,47 @@ def _device_name(trainer: Any) -> str:
     return str(device.type)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def run_task(cfg: DictConfig, program: str) -> float | None:
+    """What a Hydra entry point runs: :func:`train`, with errors as one line on stderr.
+
+    A configuration error exits with status 2 (in a sweep too, after recording the job in the sweep
+    summary). In a Hydra sweep a job that fails while running is recorded in the summary, returns NaN,
+    and the sweep goes on; it exits with status 1 at the end (see :mod:`perfkit.sweep`).
+    """
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from perfkit.distributed import rank_description
+    from perfkit.run import is_launching_process
+    from perfkit.sweep import in_sweep, record_failure
 
     try:
         metrics = train(cfg)
     except (ConfigError, MisconfigurationException, InstantiationException) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"perfkit.train: error: {error_line(error)}", file=sys.stderr)
+        print(f"{program}: error: {error_line(error)}", file=sys.stderr)
+        if in_sweep() and is_launching_process():
+            # a configuration error usually holds for every job: end the sweep, keeping its summary
+            record_failure(error_line(error), final=True)
         sys.exit(2)
     except Exception as error:
         rank = rank_description()
         if rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
-            print(
-                f"perfkit.train: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr
-            )
+            print(f"{program}: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr)
+        if in_sweep() and is_launching_process():
+            log.exception("%s: this sweep job failed; the sweep goes on", program)
+            record_failure(f"{type(error).__name__}: {error_line(error)}")
+            return math.nan
         raise
     # the value a Hydra sweeper optimises
     value = metrics.get("val", {}).get("acc")
     return float(value) if value is not None else None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, "perfkit.train")
 
 
 def main() -> None:

@@ -63,6 +63,10 @@ def _quiet_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     # W&B must never try the network or prompt in tests
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # wandb stages offline artifacts and caches under the home directory otherwise
+    wandb_home = tmp_path_factory.mktemp("wandb-home")
+    for variable in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(wandb_home / variable.lower()))
     # num_workers=auto answers cached by one test must not leak into the user's cache or other tests
     monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path_factory.mktemp("perfkit-cache")))
     monkeypatch.delenv("PERFKIT_RUN_ID", raising=False)

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from perfkit.config import ConfigError, check_config, check_node, config_dir, instantiate_all
+from perfkit.config import ConfigError, check_config, check_node, compose_config, config_dir, instantiate_all
 from perfkit.train import build_strategy
 from tests.conftest import ComposeTrain
 
@@ -34,6 +34,9 @@ def test_every_yaml_file_is_covered() -> None:
     covered |= {CONFIGS / "optimize.yaml"}  # test_optimize_config_composes
     covered |= {CONFIGS / "bench.yaml", *(CONFIGS / "bench" / f"{p}.yaml" for p in BENCH_PRESETS)}
     covered |= {CONFIGS / "data/loader/default.yaml"}  # included by every data option
+    covered |= {CONFIGS / "profile.yaml"}  # test_profile_config_extends_train
+    covered |= {CONFIGS / "tune.yaml"}  # tests/test_tune.py
+    covered |= {CONFIGS / "hydra/launcher/slurm.yaml"}  # tests/test_sweep.py
     assert set(CONFIGS.rglob("*.yaml")) == covered
 
 
@@ -66,6 +69,19 @@ def test_option_composes_and_instantiates(
         assert [type(lg).__name__.removesuffix("Logger").lower() for lg in loggers] == (
             [] if option == "none" else [option]
         )
+    if group == "profiler":
+        from lightning.pytorch.profilers import AdvancedProfiler, SimpleProfiler
+
+        from perfkit.profiling import TorchProfiler
+
+        profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
+        expected = {
+            "none": type(None),
+            "simple": SimpleProfiler,
+            "advanced": AdvancedProfiler,
+            "pytorch": TorchProfiler,
+        }
+        assert type(profiler) is expected[option]
     if group in ("trainer", "debug", "experiment"):
         trainer = instantiate(cfg.trainer, strategy=build_strategy(cfg.strategy.name), logger=False)
         expected_epochs = 1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs
@@ -96,6 +112,19 @@ def test_optimize_config_composes(tmp_path: Path) -> None:
     GlobalHydra.instance().clear()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["prune"]["method"] == "channels" and resolved["benchmark"]["threads"] == 1  # type: ignore[index]
+
+
+def test_profile_config_extends_train(tmp_path: Path) -> None:
+    from perfkit.profiling import TorchProfiler
+
+    cfg = compose_config("profile", ["model=resnet18", "strategy=ddp", "devices=2"])
+    assert cfg.task_name == "profile" and cfg.model.net._target_.endswith("resnet18")
+    assert cfg.strategy.name == "ddp" and cfg.devices == 2
+    OmegaConf.update(cfg, "paths.output_dir", str(tmp_path))
+    check_config(cfg)
+    profiler = instantiate(cfg.profiler)
+    assert isinstance(profiler, TorchProfiler) and profiler.stop_when_done
+    assert profiler.steps_needed == 10 and cfg.trainer.max_epochs == 1
 
 
 def test_several_loggers_at_once(compose_train: ComposeTrain) -> None:

@@ -67,8 +67,12 @@ def test_a_busy_master_port_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_multirun_with_script_relaunching_ddp_is_refused(tmp_path: Path) -> None:
-    code, _, err = run_cli("-m", *FAST, "strategy=ddp", "devices=2", "seed=1,2", cwd=tmp_path)
+    code, _, err = run_cli(
+        "-m", *FAST, "strategy=ddp", "devices=2", "seed=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path
+    )
     assert code == 2
+    # the sweep ends at the first job, and its summary says why
+    assert "Hydra multirun (-m) cannot use strategy=ddp" in (tmp_path / "sweep" / "summary.md").read_text()
     assert err.strip().splitlines()[-1] == (
         "perfkit.train: error: Hydra multirun (-m) cannot use strategy=ddp with several devices: each DDP "
         "process would re-run the whole sweep; use strategy=ddp_spawn with -m, or start one run per configuration"
@@ -118,7 +122,24 @@ def test_torchrun_ranks_must_share_a_run_dir(monkeypatch: pytest.MonkeyPatch) ->
     check_shared_run_dir()
 
 
+def test_slurm_sweep_jobs_share_the_launchers_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the submitit launcher every rank of a sweep job gets the job's directory from Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    for name, value in {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_NAME": "perfkit"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: _FakeHydra()))
+    with pytest.raises(ConfigError, match="under SLURM every rank needs the same run directory"):
+        check_shared_run_dir()
+    monkeypatch.setattr(_FakeHydra, "mode", RunMode.MULTIRUN)
+    check_shared_run_dir()
+
+
 class _FakeHydra:
+    mode = None  # hydra.types.RunMode.RUN or MULTIRUN
+
     class overrides:  # noqa: N801 - mirrors HydraConfig's attribute
         hydra: ClassVar[list[str]] = []
 

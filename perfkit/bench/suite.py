@@ -130,6 +130,11 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     from perfkit.run import environment, guard_run_dir
 
     spec = BenchConfig.from_config(cfg.bench, cfg.get("device"))
+    tracking = cfg.get("wandb")
+    if tracking is not None and tracking.get("enabled"):
+        from perfkit.tracking import check_online_wandb
+
+        check_online_wandb(bool(tracking.get("offline", True)), "wandb.offline")
     if not torch.cuda.is_available() and all(d.startswith("cuda") for d in spec.devices):
         log.warning("CUDA is not available on this machine: every row will be skipped, so nothing is trained")
         spec = dataclasses.replace(spec, train_epochs=0)
@@ -167,8 +172,20 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
         finally:
             bar.close()
     report.complete = True
-    report.save(output_dir)
+    written = report.save(output_dir)
     log.info("report in %s", output_dir)
+    tracking = cfg.get("wandb")
+    if tracking is not None and tracking.get("enabled"):
+        from perfkit.tracking import log_benchmark
+
+        log_benchmark(
+            report,
+            written,
+            project=str(tracking.get("project", "perfkit")),
+            offline=bool(tracking.get("offline", True)),
+            run_dir=output_dir,
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        )
     return report
 
 

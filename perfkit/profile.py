@@ -1,0 +1,32 @@
+"""Profile a short training run: ``python -m perfkit.profile [group=option ...] [key=value ...]``.
+
+The same config groups and keys as ``perfkit.train`` (``configs/profile.yaml`` extends ``train.yaml``
+with ``profiler=pytorch``); training stops once the profiler's schedule is recorded. The run directory
+gets per-rank traces under ``tensorboard/profiler`` and the step breakdown in ``profile.json`` and
+``profile.md``, which is also printed at the end.
+
+    python -m perfkit.profile
+    python -m perfkit.profile model=resnet18 strategy=ddp devices=2 accelerator=cpu
+    python -m perfkit.profile profiler.schedule.active=5 profiler.with_stack=true profiler.gzip=true
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from perfkit.config import config_dir
+from perfkit.train import run_task
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="profile")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, "perfkit.profile")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

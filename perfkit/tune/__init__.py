@@ -1,0 +1,106 @@
+"""``perfkit.tune``: pick the fastest configuration for the user's model and hardware, by measurement.
+
+    python -m perfkit.tune model=resnet18 data=mnist tune.budget_s=300
+
+    import perfkit
+    result = perfkit.tune(my_lightning_module, my_datamodule, budget_s=120)
+    result.chosen  # {"train": {"precision": "bf16-mixed", ...}, "inference": {...}}
+
+The module itself is callable (``perfkit.tune(...)``), so the same name serves the command line and
+the library.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from perfkit.tune.selection import Budget, Candidate, Outcome, decide, pick, run_within_budget
+from perfkit.tune.tuner import Tuner, TuneResult, TuneSettings, write_outputs
+
+__all__ = [
+    "Budget",
+    "Candidate",
+    "Outcome",
+    "TuneResult",
+    "TuneSettings",
+    "Tuner",
+    "decide",
+    "pick",
+    "run_within_budget",
+    "tune",
+]
+
+
+def tune(
+    module: Any,
+    datamodule: Any,
+    *,
+    budget_s: float = 300.0,
+    max_accuracy_drop: float = 0.5,
+    modes: tuple[str, ...] | list[str] = ("train", "inference"),
+    device: str = "auto",
+    rounds: int = 12,
+    accuracy_steps: int = 60,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TuneResult:
+    """Measure candidate settings for ``module`` (a LightningModule) on ``datamodule`` and choose.
+
+    Training: DataLoader workers, batch size, precision, torch.compile modes (and channels_last for
+    conv nets on CUDA). Inference: batch size, compile modes, int8 dynamic quantization backends,
+    channel pruning levels, bf16. Every candidate is timed side by side with the default; a gain must
+    clear the 95% confidence interval, and settings that change numerics must keep held-out accuracy
+    within ``max_accuracy_drop`` points after the same short run. Stops within ``budget_s`` seconds.
+    With ``output_dir``, writes ``tune.json``, ``tune.md``, ``tune.png`` and
+    ``configs/experiment/tuned.yaml``.
+    """
+    settings = TuneSettings(
+        budget_s=budget_s,
+        max_accuracy_drop=max_accuracy_drop,
+        modes=list(modes),
+        device=device,
+        rounds=rounds,
+        accuracy_steps=accuracy_steps,
+    )
+    with progress_bar(enabled=progress) as report_progress:
+        tuner = Tuner(module, datamodule, settings, progress=report_progress)
+        result = tuner.run()
+    if output_dir is not None:
+        write_outputs(result, Path(output_dir))
+    return result
+
+
+class progress_bar:  # noqa: N801 - used as a context manager, like tqdm
+    """A tqdm bar over the candidates (the count is known once the tuner lists them)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            desc="perfkit.tune", unit="candidate", disable=not self.enabled or None, dynamic_ncols=True
+        )
+
+        def update(outcome: Outcome) -> None:
+            c = outcome.candidate
+            self.bar.set_postfix_str(f"{c.mode} {c.axis}={c.name}: {outcome.status}")
+            self.bar.update(1)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> TuneResult:
+        return tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

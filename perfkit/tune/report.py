@@ -1,0 +1,161 @@
+"""What ``perfkit.tune`` writes: data first (``tune.json``), then ``tune.md``, ``tune.png`` and the
+Hydra overlay ``configs/experiment/tuned.yaml`` that trains with the chosen settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from perfkit.run import write_json
+
+if TYPE_CHECKING:
+    from perfkit.tune.tuner import TuneResult
+
+# training keys that are perfkit.train config keys (inference choices are advice for serving)
+_TRAIN_KEYS = (
+    "data.batch_size",
+    "data.num_workers",
+    "precision",
+    "optimize.compile",
+    "optimize.compile_mode",
+)
+
+
+def to_data(result: TuneResult) -> dict[str, Any]:
+    return {
+        "device": result.device,
+        "budget_s": result.budget_s,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "chosen": result.chosen,
+        "tuned_vs_default": {mode: outcome.as_dict() for mode, outcome in result.final.items()},
+        "candidates": [outcome.as_dict() for outcome in result.outcomes],
+        "environment": result.environment,
+    }
+
+
+def tuned_overlay(result: TuneResult) -> str:
+    """The Hydra experiment overlay: the chosen training settings as config keys."""
+    lines = [
+        "# @package _global_",
+        "# Written by perfkit.tune: the settings measured faster on this machine (see tune.md). Use it with",
+        "#   python -m perfkit.train --config-dir <this run dir>/configs experiment=tuned [your usual overrides]",
+    ]
+    train = result.chosen.get("train", {})
+    final = result.final.get("train")
+    if final is not None and final.speedup is not None:
+        lines.append(f"# measured together against the defaults: {final.speedup:.2f}x training samples/s")
+    nested: dict[str, dict[str, Any]] = {}
+    for key in _TRAIN_KEYS:
+        if key in train:
+            group, _, name = key.rpartition(".")
+            nested.setdefault(group, {})[name] = train[key]
+    if not nested:
+        lines.append("# no training setting beat the defaults beyond the noise: nothing to change")
+        lines.append("{}")
+    for group, values in nested.items():
+        if group:
+            lines.append(f"{group}:")
+            lines += [f"  {name}: {_yaml(value)}" for name, value in values.items()]
+        else:
+            lines += [f"{name}: {_yaml(value)}" for name, value in values.items()]
+    inference = result.chosen.get("inference")
+    if inference:
+        lines.append(f"# for serving (perfkit.compile / perfkit.prune / perfkit.quantize): {inference}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def to_markdown(result: TuneResult) -> str:
+    lines = [
+        "# perfkit.tune",
+        "",
+        f"Device {result.device}; {result.elapsed_s:.0f} s of a {result.budget_s:.0f} s budget.",
+        "",
+    ]
+    for mode, outcome in result.final.items():
+        verdict = outcome.reason or outcome.status
+        lines.append(
+            f"**{mode}, tuned vs default (side by side):** {verdict}; settings {outcome.candidate.settings}."
+        )
+    for mode, keys in result.chosen.items():
+        if not keys:
+            lines.append(f"**{mode}:** the defaults stay: no candidate was faster beyond the noise.")
+    lines += [
+        "",
+        "| mode | axis | candidate | decision | speed-up (95% CI) | samples/s | accuracy (baseline) | why |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for outcome in result.outcomes:
+        c = outcome.candidate
+        speed = (
+            f"{outcome.speedup:.2f}x ({outcome.ci_low:.2f}-{outcome.ci_high:.2f})"
+            if outcome.speedup is not None and outcome.ci_low is not None and outcome.ci_high is not None
+            else (f"{outcome.speedup:.2f}x" if outcome.speedup is not None else "")
+        )
+        rate = f"{outcome.samples_per_s:.0f}" if outcome.samples_per_s else ""
+        accuracy = (
+            f"{outcome.accuracy:.3f} ({outcome.baseline_accuracy:.3f})"
+            if outcome.accuracy is not None and outcome.baseline_accuracy is not None
+            else ""
+        )
+        lines.append(
+            f"| {c.mode} | {c.axis} | {c.name} | {outcome.status} | {speed} | {rate} | {accuracy} | "
+            f"{outcome.reason.replace('|', '/')} |"
+        )
+    lines += ["", "![speed-ups](tune.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: TuneResult, path: Path) -> Path | None:
+    """Speed-up of every measured candidate with its 95% CI, coloured by the decision."""
+    measured = [o for o in result.outcomes if o.speedup is not None and o.ci_low is not None]
+    if not measured:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"accepted": "tab:green", "rejected": "tab:red"}
+    figure, axes = plt.subplots(figsize=(7, 0.4 * len(measured) + 1.5))
+    labels = [f"{o.candidate.mode}: {o.candidate.axis}={o.candidate.name}" for o in measured]
+    for index, outcome in enumerate(measured):
+        speed = float(outcome.speedup or 0.0)
+        low = speed - float(outcome.ci_low or speed)
+        high = float(outcome.ci_high or speed) - speed
+        axes.errorbar(
+            speed,
+            index,
+            xerr=[[max(low, 0)], [max(high, 0)]],
+            fmt="o",
+            color=colours.get(outcome.status, "tab:gray"),
+            capsize=3,
+        )
+    axes.axvline(1.0, color="k", linestyle="--", alpha=0.5)
+    axes.set_yticks(range(len(measured)), labels)
+    axes.set_xscale("log")
+    axes.set_xlabel("speed-up vs default, per sample (95% CI); green: accepted, red: rejected")
+    axes.grid(True, alpha=0.3)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def write_report(result: TuneResult, run_dir: Path) -> list[Path]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    written = [run_dir / "tune.json", run_dir / "tune.md"]
+    write_json(written[0], to_data(result))
+    written[1].write_text(to_markdown(result))
+    picture = plot(result, run_dir / "tune.png")
+    if picture is not None:
+        written.append(picture)
+    overlay = run_dir / "configs" / "experiment" / "tuned.yaml"
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_text(tuned_overlay(result))
+    written.append(overlay)
+    return written

@@ -1,0 +1,314 @@
+"""perfkit.profiling: the step breakdown's arithmetic, the callback in real runs, and the TensorBoard plugin."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from perfkit.profiling import (
+    VALIDATION_LABEL,
+    Span,
+    StepBreakdown,
+    TorchProfiler,
+    hint,
+    intersect,
+    length,
+    step_breakdown,
+    subtract,
+    to_markdown,
+    union,
+)
+from perfkit.train import train
+from tests.conftest import FAST, ComposeTrain, run_cli
+
+# profile steps 2-4 of 8 (wait 1, warmup 1, active 3): the window closes before the epoch ends
+PROFILED = [*FAST, "profiler=pytorch", "profiler.schedule.skip_first=0", "trainer.limit_train_batches=8"]
+
+
+def test_interval_arithmetic() -> None:
+    assert union([(5, 7), (0, 2), (1, 3), (7, 8), (9, 9)]) == [(0, 3), (5, 8)]
+    assert intersect([(0, 3), (5, 8)], [(2, 6)]) == [(2, 3), (5, 6)]
+    assert subtract([(0, 10)], [(2, 3), (5, 6), (9, 12)]) == [(0, 2), (3, 5), (6, 9)]
+    assert subtract([(0, 2), (4, 6)], [(1, 5)]) == [(0, 1), (5, 6)]
+    assert length([(0, 3), (5, 8)]) == 6
+
+
+def test_cpu_breakdown_attributes_each_instant_once() -> None:
+    spans = [
+        Span("ProfilerStep#3", 0, 100, annotation=True),
+        Span("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", 0, 10, annotation=True),
+        Span("aten::stack", 2, 8),  # collating: data loading, not compute
+        Span("Optimizer.step#SGD.step", 10, 80, annotation=True),  # wraps the closure: not compute itself
+        Span("aten::conv2d", 10, 50),
+        Span("aten::convolution", 12, 48),  # nested: counted once
+        Span("autograd::engine::evaluate_function: ConvolutionBackward0", 55, 80),
+        Span("gloo:all_reduce", 60, 95),  # overlaps backward until 80: 15 us exposed
+        # the next step holds validation, which is not part of it
+        Span("ProfilerStep#4", 100, 200, annotation=True),
+        Span(VALIDATION_LABEL, 150, 200, annotation=True),
+        Span("aten::linear", 160, 190),  # inside validation: ignored
+        Span("aten::addmm", 100, 140),
+    ]
+    result = step_breakdown(spans)
+    assert result is not None
+    window = 150  # 100 + 50 us
+    assert result.steps == 2
+    assert result.step_ms == pytest.approx(window / 2 / 1e3)
+    assert result.data == pytest.approx(10 / window)
+    assert result.compute == pytest.approx((40 + 25 + 40) / window)
+    assert result.communication == pytest.approx(15 / window)
+    assert result.communication_total == pytest.approx(35 / window)
+    assert sum(result.fractions().values()) == pytest.approx(1)
+    assert result.other == pytest.approx((5 + 5 + 10) / window)
+
+
+def test_accelerator_breakdown_counts_data_wait_only_while_the_device_idles() -> None:
+    spans = [
+        Span("ProfilerStep#1", 0, 100, annotation=True),
+        Span("enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__", 0, 30, annotation=True),
+        Span("aten::conv2d", 30, 40),  # a CPU launch: on an accelerator, compute is kernel time
+        Span("void cudnn::conv_kernel", 20, 70, on_device=True),  # busy while the CPU fetched data
+        Span("ncclDevKernel_AllReduce_Sum_f32", 60, 90, on_device=True),  # 20 us not hidden
+    ]
+    result = step_breakdown(spans, device="cuda")
+    assert result is not None
+    assert result.compute == pytest.approx(0.5)
+    assert result.communication == pytest.approx(0.2)
+    assert result.data == pytest.approx(0.2)  # 0-20: the device had nothing to do
+    assert result.other == pytest.approx(0.1)
+    assert result.communication_total == pytest.approx(0.3)
+
+
+def test_no_complete_step_means_no_breakdown() -> None:
+    assert step_breakdown([Span("aten::mm", 0, 10)]) is None
+
+
+@pytest.mark.parametrize(
+    ("fractions", "expected"),
+    [
+        ({"data": 0.5, "compute": 0.5, "communication": 0.0, "other": 0.0}, "DataLoader workers (now 0)"),
+        ({"data": 0.0, "compute": 0.6, "communication": 0.3, "other": 0.1}, "accumulate_grad_batches"),
+        ({"data": 0.0, "compute": 0.5, "communication": 0.0, "other": 0.5}, "no operator runs"),
+        ({"data": 0.1, "compute": 0.8, "communication": 0.05, "other": 0.05}, None),
+    ],
+)
+def test_hint_names_the_obvious_bottleneck(fractions: dict[str, float], expected: str | None) -> None:
+    breakdown = StepBreakdown(steps=3, step_ms=10.0, **fractions)
+    line = hint(breakdown, num_workers=0)
+    assert (line is None) if expected is None else (line is not None and expected in line)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule": {"activ": 3}}, "no key 'activ'"),
+        ({"schedule": {"active": 0}}, "active and repeat >= 1"),
+        ({"schedule": {"wait": -1}}, "integers >= 0"),
+        ({"max_trace_mb": 0}, "max_trace_mb"),
+    ],
+)
+def test_bad_profiler_settings_are_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        TorchProfiler("traces", **kwargs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow  # a fresh interpreter: ~10 s; the in-process test above covers the message
+def test_bad_schedule_override_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    code, _, err = run_cli(*PROFILED, "+profiler.schedule.activ=3", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("perfkit.train: error: profiler: profiler.schedule has no key")
+    )
+    assert "Traceback" not in err
+
+
+def test_profiled_run_writes_traces_breakdown_and_report(compose_train: ComposeTrain, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train(*PROFILED, output_dir=run_dir))
+
+    traces = list((run_dir / "tensorboard" / "profiler").glob("rank0.*.pt.trace.json"))
+    assert len(traces) == 1
+    trace = json.loads(traces[0].read_text())
+    assert sum(e.get("name", "").startswith("ProfilerStep#") for e in trace["traceEvents"]) == 3
+
+    result = json.loads((run_dir / "profile.json").read_text())
+    breakdown = result["breakdown"]
+    assert breakdown["steps"] == 3 and breakdown["device"] == "cpu"
+    shares = [breakdown[k] for k in ("data", "compute", "communication", "other")]
+    assert sum(shares) == pytest.approx(1) and all(0 <= s <= 1 for s in shares)
+    assert breakdown["compute"] > 0.5  # a small CNN on in-memory data is compute-bound
+    assert breakdown["communication"] == 0
+    operators = [o["name"] for o in result["top_operators"]["cpu"]]
+    assert any("convolution" in name for name in operators)
+    assert "Step profile" in (run_dir / "profile.md").read_text()
+    assert metrics["profile"]["breakdown"] == breakdown
+    assert metrics["profile"]["trace_dir"] == "tensorboard/profiler"
+
+
+def test_slow_loading_is_diagnosed(compose_train: ComposeTrain, tmp_path: Path) -> None:
+    cfg = compose_train(
+        *PROFILED, "data=synthetic", "data.cpu_cost_ms=3", "data.num_samples=1024", "data.num_workers=0"
+    )
+    train(cfg)
+    result = json.loads((tmp_path / "run" / "profile.json").read_text())
+    # 64 samples x 3 ms of CPU per batch against a few ms of compute
+    assert result["breakdown"]["data"] > 0.5
+    assert "more DataLoader workers (now 0)" in result["hint"]
+
+
+def test_traces_stop_at_the_size_bound(
+    compose_train: ComposeTrain, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = compose_train(
+        *PROFILED,
+        "profiler.schedule.wait=0",
+        "profiler.schedule.warmup=0",
+        "profiler.schedule.active=1",
+        "profiler.schedule.repeat=3",
+        "profiler.max_trace_mb=0.001",
+    )
+    train(cfg)
+    run_dir = tmp_path / "run"
+    assert len(list((run_dir / "tensorboard" / "profiler").glob("*.pt.trace.json"))) == 1
+    assert "not writing more" in caplog.text
+    # the breakdown still covers every recorded step
+    assert json.loads((run_dir / "profile.json").read_text())["breakdown"]["steps"] == 3
+
+
+def test_gzip_traces(compose_train: ComposeTrain, tmp_path: Path) -> None:
+    train(compose_train(*PROFILED, "profiler.gzip=true", "profiler.profile_memory=false"))
+    (trace,) = (tmp_path / "run" / "tensorboard" / "profiler").glob("rank0.*.pt.trace.json.gz")
+    import gzip
+
+    assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+
+
+def test_too_short_a_run_warns_and_reports_no_breakdown(
+    compose_train: ComposeTrain, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = train(compose_train(*FAST, "profiler=pytorch"))  # 5 batches; the schedule needs 10
+    assert "before a profiled step completed (the schedule needs 10)" in caplog.text
+    assert metrics["profile"]["breakdown"] is None
+    assert "No profiled step completed" in to_markdown(
+        json.loads((tmp_path / "run" / "profile.json").read_text())
+    )
+
+
+@pytest.mark.parametrize("kind", ["simple", "advanced"])
+def test_lightning_profilers_remain_available(compose_train: ComposeTrain, tmp_path: Path, kind: str) -> None:
+    train(compose_train(*FAST, f"profiler={kind}"))
+    report = tmp_path / "run" / "profiler" / f"fit-{kind}.txt"
+    assert report.is_file() and "training_step" in report.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_plugin_serves_the_profiled_run(compose_train: ComposeTrain, tmp_path: Path) -> None:
+    """The real client: TensorBoard with torch-tb-profiler, on a loopback port, reading the run dir."""
+    run_dir = tmp_path / "run"
+    train(compose_train(*PROFILED, output_dir=run_dir))
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(run_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler"
+    try:
+        deadline, runs = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            try:
+                runs = _get_json(f"{base}/runs")  # type: ignore[assignment]
+                if runs.get("runs") and not runs.get("loading"):  # type: ignore[attr-defined]
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.5)
+        assert runs.get("runs") == ["tensorboard/profiler"]  # type: ignore[attr-defined]
+        run = "tensorboard/profiler"
+        views = _get_json(f"{base}/views?run={run}")
+        assert {"Overview", "Operator", "Trace", "Memory"} <= set(views)  # type: ignore[arg-type]
+        assert _get_json(f"{base}/workers?run={run}&view=Overview") == ["rank0"]
+        spans = _get_json(f"{base}/spans?run={run}&worker=rank0")
+        overview = _get_json(f"{base}/overview?run={run}&worker=rank0&span={spans[0]}")  # type: ignore[index]
+        step_rows = overview["steps"]["rows"]  # type: ignore[index]
+        assert len(step_rows) == 3  # the three profiled steps
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_profile_cli_stops_once_the_schedule_is_recorded(tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        "accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        module="perfkit.profile",
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # skip 5, wait 1, warmup 1, active 3: the 11th batch's start closes the window and training stops
+    # before that batch runs
+    assert metrics["optimizer_steps"] == 10
+    assert metrics["profile"]["breakdown"]["steps"] == 3
+    assert "profile: " in out + err and "ms per step" in out + err
+
+
+@pytest.mark.distributed
+def test_ddp_profile_has_every_rank_and_communication(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        *PROFILED,
+        "strategy=ddp",
+        "devices=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        extra_env={"OMP_NUM_THREADS": "1"},
+    )
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    traces = sorted(
+        p.name.split(".")[0] for p in (run_dir / "tensorboard" / "profiler").glob("*.pt.trace.json")
+    )
+    assert traces == ["rank0", "rank1"]
+    result = json.loads((run_dir / "profile.json").read_text())
+    assert result["world_size"] == 2 and [r["rank"] for r in result["per_rank"]] == [0, 1]
+    # DDP's gradient all-reduce was seen on both ranks
+    assert all(r["communication_total"] > 0 for r in result["per_rank"])
+    trace = json.loads(next((run_dir / "tensorboard" / "profiler").glob("rank1.*.pt.trace.json")).read_text())
+    assert "distributedInfo" in trace  # what the plugin's Distributed view reads
