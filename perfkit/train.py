@@ -66,9 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), *optimizations.callbacks(model), speed]
     loggers = instantiate_all(cfg.get("logger"), instantiate)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
-    if isinstance(
-        profiler, L.Callback
-    ):  # perfkit's torch.profiler callback; Lightning's own go to the Trainer
+    # perfkit's torch.profiler is a callback; Lightning's own profilers go to the Trainer
+    if isinstance(profiler, L.Callback):
         callbacks.append(profiler)
     trainer: L.Trainer = instantiate(
         cfg.trainer,

@@ -46,6 +46,7 @@ def test_port_probe_sees_a_listener() -> None:
     assert not port_in_use(port)
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s): in the slow stage, which CI runs
 def test_a_busy_master_port_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as listener:
         listener.bind(("", 0))
@@ -66,6 +67,7 @@ def test_a_busy_master_port_is_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s): in the slow stage, which CI runs
 def test_multirun_with_script_relaunching_ddp_is_refused(tmp_path: Path) -> None:
     code, _, err = run_cli(
         "-m", *FAST, "strategy=ddp", "devices=2", "seed=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path
@@ -83,9 +85,13 @@ def test_multirun_with_script_relaunching_ddp_is_refused(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["accelerator=gpu", "devices=4"], "perfkit.train: error: "),
+        pytest.param(["accelerator=gpu", "devices=4"], "perfkit.train: error: ", marks=pytest.mark.slow),
         (["devices=0"], "perfkit.train: error: devices=0 is not valid: use a positive count"),
-        (["resume=yes"], "perfkit.train: error: resume='yes' is not valid; allowed: auto, null"),
+        pytest.param(
+            ["resume=yes"],
+            "perfkit.train: error: resume='yes' is not valid; allowed: auto, null",
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["more-gpus-than-exist", "no-devices", "bad-resume"],
 )

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -33,6 +35,7 @@ def _build(tmp_path: Path, changelog: str | None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow  # a second strict docs build (make docs runs the first in CI)
 def test_docs_build_fails_on_a_broken_reference(tmp_path: Path) -> None:
     assert _build(tmp_path, None).returncode == 0  # the site as it is builds cleanly
     broken = _build(tmp_path, "# Changelog\n\nSee [the missing page](nowhere.md).\n")

@@ -121,6 +121,7 @@ def test_optimizations_under_ddp(tmp_path: Path, optimize: list[str]) -> None:
         assert metrics["optimize"]["fell_back_to_eager"] is None
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s): in the slow stage, which CI runs
 def test_late_channel_pruning_under_ddp_is_refused_before_starting(tmp_path: Path) -> None:
     args = ["optimize.prune.amount=0.5", "optimize.prune.method=channels", "optimize.prune.at_epoch=1"]
     code, _, err = run_cli(*TWO_EPOCHS, "strategy=ddp", "devices=2", *args, "hydra.run.dir=run", cwd=tmp_path)

@@ -186,6 +186,7 @@ def test_traces_stop_at_the_size_bound(
     assert json.loads((run_dir / "profile.json").read_text())["breakdown"]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_gzip_traces(compose_train: ComposeTrain, tmp_path: Path) -> None:
     train(compose_train(*PROFILED, "profiler.gzip=true", "profiler.profile_memory=false"))
     (trace,) = (tmp_path / "run" / "tensorboard" / "profiler").glob("rank0.*.pt.trace.json.gz")
@@ -205,7 +206,7 @@ def test_too_short_a_run_warns_and_reports_no_breakdown(
     )
 
 
-@pytest.mark.parametrize("kind", ["simple", "advanced"])
+@pytest.mark.parametrize("kind", ["simple", pytest.param("advanced", marks=pytest.mark.slow)])
 def test_lightning_profilers_remain_available(compose_train: ComposeTrain, tmp_path: Path, kind: str) -> None:
     train(compose_train(*FAST, f"profiler={kind}"))
     report = tmp_path / "run" / "profiler" / f"fit-{kind}.txt"

@@ -33,6 +33,7 @@ def test_train_writes_every_output(compose_train: ComposeTrain, tmp_path: Path) 
     assert "MNISTDataModule" in (run_dir / "config.yaml").read_text()  # resolved config
 
 
+@pytest.mark.slow  # two training runs
 def test_same_seed_same_numbers(compose_train: ComposeTrain, tmp_path: Path) -> None:
     first = train(compose_train(*FAST, "logger=none", output_dir=tmp_path / "a"))
     second = train(compose_train(*FAST, "logger=none", output_dir=tmp_path / "b"))
@@ -141,6 +142,7 @@ def test_cli_composition_errors_list_what_is_allowed(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter (~10 s): in the slow stage, which CI runs
 def test_cli_runs_from_another_directory(tmp_path: Path) -> None:
     """After `pip install -e .` the configs are found from any working directory."""
     elsewhere = tmp_path / "elsewhere"
