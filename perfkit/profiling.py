@@ -259,7 +259,10 @@ def spans_of(events: Any) -> list[Span]:
     for event in events:
         interval = event.time_range
         on_device = event.device_type not in (DeviceType.CPU,)
-        annotation = bool(getattr(event, "is_user_annotation", False))
+        # record_function labels and, with with_stack, Python frames wrap operators rather than being one
+        annotation = bool(
+            getattr(event, "is_user_annotation", False) or getattr(event, "is_python_function", False)
+        )
         spans.append(Span(event.name, float(interval.start), float(interval.end), on_device, annotation))
     return spans
 

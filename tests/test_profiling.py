@@ -87,6 +87,35 @@ def test_accelerator_breakdown_counts_data_wait_only_while_the_device_idles() ->
     assert result.communication_total == pytest.approx(0.3)
 
 
+def test_python_frames_and_labels_are_not_compute() -> None:
+    """With with_stack, Python frames wrap the operators like record_function labels do."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from perfkit.profiling import spans_of
+
+    def event(name: str, start: float, end: float, **kind: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name,
+            time_range=SimpleNamespace(start=start, end=end),
+            device_type=DeviceType.CPU,
+            is_user_annotation=kind.get("label", False),
+            is_python_function=kind.get("frame", False),
+        )
+
+    spans = spans_of(
+        [
+            event("ProfilerStep#1", 0, 100, label=True),
+            event("torch/nn/modules/module.py(1771): _call_impl", 0, 100, frame=True),
+            event("aten::mm", 10, 30),
+        ]
+    )
+    assert [s.annotation for s in spans] == [True, True, False]
+    result = step_breakdown(spans)
+    assert result is not None and result.compute == pytest.approx(0.2)
+
+
 def test_no_complete_step_means_no_breakdown() -> None:
     assert step_breakdown([Span("aten::mm", 0, 10)]) is None
 
