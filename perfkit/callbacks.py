@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import time
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from perfkit.distributed import received_from_workers, send_to_main_process
 
 
 class TrainingSpeed(L.Callback):
-    """Wall time of each training epoch, validation excluded, and the samples it processed.
+    """Wall time of each training epoch, validation excluded, and the samples it processed; the time
+    from ``launched_at`` (a ``time.time()`` stamp: when the command started) to the first training
+    step, and the time from that step to the end of fit.
 
     Times include data loading (the loader is iterated inside the epoch), which is what a user
-    waits for. On CUDA the device is synchronised at each boundary so queued kernels are counted.
+    waits for. On CUDA the device is synchronised at each epoch boundary so queued kernels are
+    counted; never inside an epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, launched_at: float | None = None) -> None:
+        self.launched_at = launched_at
+        self.time_to_first_step_s: float | None = None
+        self.fit_time_s: float | None = None
+        self._first_step_at: float | None = None
         self.epoch_times_s: list[float] = []
         self.epoch_samples: list[int] = []
         self._epoch_start = 0.0
@@ -39,16 +49,27 @@ class TrainingSpeed(L.Callback):
         self._samples = 0
         self._epoch_start = self._now(trainer)
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._first_step_at is None:
+            self._first_step_at = time.perf_counter()
+            if self.launched_at is not None:
+                self.time_to_first_step_s = time.time() - self.launched_at
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._samples += extract_batch_size(batch)
+        first = batch[0] if isinstance(batch, list | tuple) and batch else None
+        self._samples += len(first) if isinstance(first, torch.Tensor) else extract_batch_size(batch)
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # the whole validation loop is left out (its setup, metrics and logging too), as a hand-written
+    # loop's epoch timer leaves out its validation; fit_time_s counts everything
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.training or trainer.state.fn == "fit":
             self._validation_start = self._now(trainer)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.training or trainer.state.fn == "fit") and not trainer.sanity_checking:
             self._validation_s += self._now(trainer) - self._validation_start
 
@@ -58,6 +79,11 @@ class TrainingSpeed(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.progress = (trainer.current_epoch, trainer.global_step)
+        if self._first_step_at is not None:
+            self.fit_time_s = self._now(trainer) - self._first_step_at
+        send_to_main_process(
+            trainer, "timeline", [self.time_to_first_step_s or -1.0, self.fit_time_s or -1.0]
+        )
         send_to_main_process(trainer, "epoch_times_s", self.epoch_times_s)
         send_to_main_process(trainer, "epoch_samples", [float(n) for n in self.epoch_samples])
         send_to_main_process(trainer, "progress", [float(n) for n in self.progress])
@@ -69,6 +95,8 @@ class TrainingSpeed(L.Callback):
             self.epoch_samples = [int(n) for n in received_from_workers(trainer, "epoch_samples") or []]
             progress = received_from_workers(trainer, "progress")
             self.progress = (int(progress[0]), int(progress[1])) if progress else None
+            timeline = received_from_workers(trainer, "timeline") or [-1.0, -1.0]
+            self.time_to_first_step_s, self.fit_time_s = (t if t >= 0 else None for t in timeline)
 
     def summary(self, world_size: int) -> dict[str, Any]:
         """Throughput over all ranks; the first epoch (warm-up, compilation) is left out when there are more."""
@@ -78,6 +106,64 @@ class TrainingSpeed(L.Callback):
         return {
             "train_samples_per_s": samples / seconds if seconds > 0 else None,
             "throughput_excludes_first_epoch": len(self.epoch_times_s) > 1,
+            "time_to_first_step_s": _rounded(self.time_to_first_step_s),
+            "fit_time_s": _rounded(self.fit_time_s),
             "epoch_times_s": [round(t, 4) for t in self.epoch_times_s],
             "train_samples_per_epoch": [n * world_size for n in self.epoch_samples],
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
+
+
+class _Throttled(ProgressBar):
+    """Refreshes the bar at most every ``refresh_s`` seconds while training (and at each epoch's last
+    batch); validation, epoch ends and the end of training refresh as usual.
+
+    Lightning's bars read the logged metrics after every batch, and reading a logged tensor is a
+    host-device sync: one per step on a GPU. Its Rich bar also re-renders on every batch.
+    """
+
+    def __init__(self, *args: Any, refresh_s: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refresh_s = refresh_s
+        self._metrics: dict[str, Any] | None = None
+        self._refreshed_at = -math.inf
+        self._skip = False  # inside a training batch whose refresh is not due
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.monotonic()
+        self._skip = now - self._refreshed_at < self.refresh_s and not trainer.is_last_batch
+        if not self._skip:
+            self._refreshed_at = now
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._skip = False
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if self._metrics is None or not self._skip:
+            self._metrics = dict(super().get_metrics(trainer, pl_module))
+        return self._metrics
+
+
+class RichBar(_Throttled, RichProgressBar):
+    """Lightning's Rich progress bar, throttled."""
+
+    def refresh(self, hard: bool = False) -> None:
+        if hard or not self._skip:
+            super().refresh(hard=hard)
+
+
+class TQDMBar(_Throttled, TQDMProgressBar):
+    """Lightning's tqdm progress bar, throttled (tqdm already limits how often it draws)."""
+
+
+def add_progress_bar(callbacks: list[L.Callback], *, enabled: bool) -> None:
+    """Add perfkit's bar (Rich when installed, as Lightning chooses) unless the run has its own or
+    shows none."""
+    if enabled and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(RichBar() if importlib.util.find_spec("rich") else TQDMBar())

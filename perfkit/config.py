@@ -33,8 +33,12 @@ class ConfigError(ValueError):
 
 
 def config_dir() -> Path:
-    """The directory holding ``train.yaml``, for an editable install or a wheel alike."""
-    return Path(str(importlib.resources.files("perfkit.configs")))
+    """The directory holding ``train.yaml``, for an editable install or a wheel alike, or a source
+    checkout on ``PYTHONPATH`` (the lent GPU machines run it that way)."""
+    try:
+        return Path(str(importlib.resources.files("perfkit.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:

@@ -129,6 +129,21 @@ def median_confidence_interval(values: Sequence[float], confidence: float = 0.95
     return float(interval.low), float(interval.high)
 
 
+def ratio_confidence_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the geometric mean of paired ratios (works from 2 rounds, where the
+    distribution-free median interval needs 6); NaN with fewer."""
+    import math
+
+    from scipy.stats import t
+
+    if len(ratios) < 2:
+        return math.nan, math.nan
+    logs = [math.log(r) for r in ratios]
+    mean, error = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    half = float(t.ppf(0.5 + confidence / 2, len(logs) - 1)) * error
+    return math.exp(mean - half), math.exp(mean + half)
+
+
 def peak_memory_bytes(function: Callable[[], Any], device: torch.device | str = "cpu") -> int:
     """Peak bytes one call allocates above what was allocated before it (activations, workspace,
     gradients; the weights already in memory are not counted).

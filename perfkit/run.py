@@ -58,6 +58,29 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def cache_dir() -> Path:
+    """``$PERFKIT_CACHE_DIR``, default ``$XDG_CACHE_HOME/perfkit`` or ``~/.cache/perfkit``."""
+    root = os.environ.get("PERFKIT_CACHE_DIR")
+    if root is None:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perfkit")
+    return Path(root)
+
+
+def process_start_time() -> float:
+    """When this process started, as a ``time.time()`` stamp (Linux: from /proc, 10 ms resolution);
+    elsewhere, now."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            # the fields after the command name (which may hold spaces); starttime is field 22
+            started_ticks = int(stat.read().rpartition(")")[2].split()[19])
+            age = float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware that a result depends on."""
     import lightning

@@ -34,6 +34,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``cfg.paths.output_dir`` is the run directory. It must not hold an earlier run's results.
     """
     started = time.perf_counter()
+    # the command's start for the CLI's first run; a library call (or a later sweep job) counts from here
+    launched_at = _command_started.pop() if _command_started else time.time()
     check_config(cfg)
     # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
@@ -41,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from perfkit import distributed
-    from perfkit.callbacks import TrainingSpeed
+    from perfkit.callbacks import TrainingSpeed, add_progress_bar
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.run import environment, guard_run_dir, is_launching_process, resume_checkpoint, write_json
     from perfkit.tracking import check_loggers, finish_training_runs
@@ -61,9 +63,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
-    speed = TrainingSpeed()
+    speed = TrainingSpeed(launched_at=launched_at)
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
     callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), *optimizations.callbacks(model), speed]
+    add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
     loggers = instantiate_all(cfg.get("logger"), instantiate)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
     # perfkit's torch.profiler is a callback; Lightning's own profilers go to the Trainer
@@ -209,6 +212,9 @@ def _data_loading(datamodule: Any, trainer: Any) -> dict[str, Any]:
         "pin_memory": datamodule.uses_pin_memory(),
         "persistent_workers": datamodule.persistent_workers,
     }
+    decision = getattr(datamodule, "resident", None)
+    if callable(decision):
+        info["device_resident"] = decision().summary()
     choice = getattr(datamodule, "worker_choice", None)
     if choice is not None:
         info["auto"] = {"source": choice.source, "samples_per_s": choice.samples_per_s}
@@ -316,7 +322,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return run_task(cfg, "perfkit.train")
 
 
+# set by main(): when the command started, consumed by the first train() call
+_command_started: list[float] = []
+
+
 def main() -> None:
+    from perfkit.run import process_start_time
+
+    _command_started[:] = [process_start_time()]
     _hydra_main()
 
 

@@ -6,10 +6,15 @@ usage() {
     cat <<USAGE
 usage: scripts/bench_gpu.sh PRESET [OVERRIDE ...]
 
-Runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' (PRESET: quick or full) and
-copies report.json (which names the GPU), report.md and the plots to
-benchmarks/results/bench-PRESET-cuda/ (a new dated directory if that one exists: never overwritten).
-Example: scripts/bench_gpu.sh full bench.models=[resnet18,vit]
+quick, full: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
+  report.json (which names the GPU), report.md and the plots to benchmarks/results/bench-PRESET-cuda/
+  (a new dated directory if that one exists: never overwritten).
+parity: runs 'python -m benchmarks.parity --device cuda ARG ...' (perfkit.train against hand-written
+  loops), writing benchmarks/results/train_parity-cuda.{json,md,png}.
+On a machine whose Python lacks perfkit's dependencies, wheels in .whl/ (scripts/device_wheels.sh .whl
+makes them) are installed first, into /tmp/site.
+Examples: scripts/bench_gpu.sh full bench.models=[resnet18,vit]
+          scripts/bench_gpu.sh parity --jobs default --rounds 10
 USAGE
 }
 
@@ -20,15 +25,23 @@ esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: quick, full" >&2
+if [ "$preset" != parity ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
+    echo "error: unknown PRESET '$preset'; allowed: quick, full, parity" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"
 [ -x "$python" ] || python=$(command -v python3) || { echo "error: no python: run 'make install'" >&2; exit 2; }
+if ! "$python" -c "import hydra, perfkit" 2>/dev/null && compgen -G "$here/.whl/*.whl" >/dev/null; then
+    # a lent GPU machine: its image has torch and Lightning, and the wheels carry the rest
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/.whl/*.whl
+    export PYTHONPATH="$here:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "error: no CUDA device on this machine; on a CPU run: python -m perfkit.bench bench=$preset device=cpu" >&2
     exit 2
+fi
+if [ "$preset" = parity ]; then
+    cd "$here" && exec "$python" -m benchmarks.parity --device cuda "$@"
 fi
 stamp=$(date +%Y-%m-%d_%H-%M-%S)
 run_dir="$here/outputs/bench/runs/gpu-$preset-$stamp"

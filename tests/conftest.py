@@ -6,6 +6,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -38,6 +40,20 @@ def compose_train(tmp_path: Path) -> Iterator[ComposeTrain]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def attach_trainer(datamodule: Any, *, world_size: int, rank: int, num_nodes: int = 1) -> None:
+    """What a (DDP) trainer on the CPU tells a datamodule about its place in the job."""
+    import torch
+
+    datamodule.trainer = SimpleNamespace(
+        world_size=world_size,
+        global_rank=rank,
+        num_nodes=num_nodes,
+        is_global_zero=rank == 0,
+        accelerator=None,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 12) -> Path:

@@ -204,3 +204,29 @@ def test_keys_forwarded_to_a_base_class_are_checked() -> None:
 def test_user_targets_with_var_keywords_accept_any_key() -> None:
     node = OmegaConf.create({"_target_": "builtins.dict", "anything": 1})
     check_node(node, "custom")
+
+
+def test_a_source_checkout_finds_its_configs_without_the_package_mapping() -> None:
+    """The lent GPU machines run perfkit from the checkout on PYTHONPATH, where ``perfkit.configs``
+    (mapped onto configs/ by the install) does not exist."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    program = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class NoMapping(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "perfkit.configs":
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, NoMapping())
+        from perfkit.config import config_dir
+        print(config_dir())
+        """
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert Path(shown.stdout.strip()) == root / "configs"

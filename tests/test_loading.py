@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,23 +14,13 @@ from torch.utils.data import Dataset
 
 from perfkit.data import SyntheticDataModule, workers
 from perfkit.data.base import ClassificationDataModule
+from tests.conftest import attach_trainer as _attach
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def _attach(datamodule: ClassificationDataModule, *, world_size: int, rank: int, num_nodes: int = 1) -> None:
-    """What a DDP trainer tells the datamodule about its place in the job."""
-    datamodule.trainer = SimpleNamespace(  # type: ignore[assignment]
-        world_size=world_size,
-        global_rank=rank,
-        num_nodes=num_nodes,
-        is_global_zero=rank == 0,
-        accelerator=None,
-    )
 
 
 def test_worker_budget_splits_cores_between_ranks() -> None:

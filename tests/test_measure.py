@@ -61,3 +61,18 @@ def test_statistics() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="rounds and calls_per_round must be >= 1"):
         time_interleaved({"a": lambda: None}, rounds=0)
+
+
+def test_ratio_interval_is_a_t_interval_of_the_geometric_mean() -> None:
+    import math
+
+    low, high = measure.ratio_confidence_interval([1.2, 1.2, 1.2])
+    assert low == pytest.approx(1.2) and high == pytest.approx(1.2)
+    ratios = [0.9, 1.0, 1.1, 1.05]
+    low, high = measure.ratio_confidence_interval(ratios)
+    geometric_mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    assert low < geometric_mean < high
+    # the symmetric interval of the logs: a ratio and its reciprocal give reciprocal bounds
+    inverse = measure.ratio_confidence_interval([1 / r for r in ratios])
+    assert inverse[0] == pytest.approx(1 / high) and inverse[1] == pytest.approx(1 / low)
+    assert all(math.isnan(bound) for bound in measure.ratio_confidence_interval([1.3]))

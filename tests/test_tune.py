@@ -241,3 +241,30 @@ def test_real_tuner_stays_within_its_budget(tmp_path: Path) -> None:
         assert outcome.status == "accepted", (mode, outcome.reason)
     assert (tmp_path / "configs" / "experiment" / "tuned.yaml").is_file()
     assert json.loads((tmp_path / "tune.json").read_text())["elapsed_s"] <= budget * 1.1
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cuda", {"default", "reduce-overhead", "max-autotune"}),
+        ("cpu", {"default", "max-autotune-no-cudagraphs"}),
+    ],
+)
+def test_cuda_graphs_are_a_measured_candidate_on_cuda_only(device: str, expected: set[str]) -> None:
+    """reduce-overhead (CUDA graph replay) is chosen only when it measures faster, like every candidate."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from perfkit.models import MLP, ImageClassifier
+    from perfkit.tune.tuner import Tuner, TuneSettings
+
+    tuner = SimpleNamespace(
+        device=torch.device(device),
+        module=ImageClassifier(MLP, (1, 8, 8), 10),
+        settings=TuneSettings(modes=["train", "inference"]),
+        batch_size=64,
+    )
+    candidates = Tuner.candidates(tuner)  # type: ignore[arg-type]
+    for mode in ("train", "inference"):
+        assert {c.name for c in candidates if c.mode == mode and c.axis == "compile"} == expected

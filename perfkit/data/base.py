@@ -15,13 +15,23 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from perfkit.data import resident as resident_data
 from perfkit.data import workers as worker_counts
 
 log = logging.getLogger(__name__)
 
 # loader options: they decide how fast data arrives, not what the data is
 _LOADER_OPTIONS = frozenset(
-    {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor"}
+    {
+        "batch_size",
+        "eval_batch_size",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "prefetch_factor",
+        "device_resident",
+        "resident_memory_fraction",
+    }
 )
 
 
@@ -62,6 +72,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         shuffle_seed: int | None = None,
+        device_resident: resident_data.DeviceResident = "auto",
+        resident_memory_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -73,6 +85,13 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             )
         if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got {num_workers!r}")
+        if device_resident not in (True, False, "auto"):
+            raise ValueError(f"device_resident must be true, false or 'auto', got {device_resident!r}")
+        if not 0 < resident_memory_fraction <= 1:
+            raise ValueError(f"resident_memory_fraction must be in (0, 1], got {resident_memory_fraction!r}")
+        self.device_resident = device_resident
+        self.resident_memory_fraction = resident_memory_fraction
+        self._resident: resident_data.ResidentDecision | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction = val_fraction
@@ -127,7 +146,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         }
         return f"{type(self).__module__}.{type(self).__qualname__}{settings}"
 
-    def train_dataloader(self) -> DataLoader[Any]:
+    def train_dataloader(self) -> DataLoader[Any] | resident_data.DeviceBatches:
         # Always a DistributedSampler (one replica without DDP): the permutation depends only on the
         # shuffle seed and epoch, so N ranks with batch b see exactly the global batches that one
         # process with batch N*b sees, and a resumed run sees the order the interrupted one would have.
@@ -141,13 +160,13 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         )
         return self._loader(dataset, self.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> DataLoader[Any] | resident_data.DeviceBatches:
         return self._eval_loader(self.val_set)
 
-    def test_dataloader(self) -> DataLoader[Any]:
+    def test_dataloader(self) -> DataLoader[Any] | resident_data.DeviceBatches:
         return self._eval_loader(self.test_set)
 
-    def _eval_loader(self, dataset: Dataset[Any] | None) -> DataLoader[Any]:
+    def _eval_loader(self, dataset: Dataset[Any] | None) -> DataLoader[Any] | resident_data.DeviceBatches:
         dataset = self._require(dataset)
         world_size, rank = self._world()
         # Lightning's default DistributedSampler pads the last batch with repeated samples, which
@@ -165,7 +184,24 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             raise RuntimeError("call setup() before asking for a dataloader")
         return dataset
 
-    def _loader(self, dataset: Dataset[Any], batch_size: int, sampler: Any) -> DataLoader[Any]:
+    def resident(self) -> resident_data.ResidentDecision:
+        """Whether batches come from tensors kept on the training device (``device_resident``);
+        decided once, when the first loader is built, and logged."""
+        if self._resident is None:
+            trainer, device = self._trainer_or_none(), self._device()
+            self._resident = resident_data.decide(
+                self.device_resident, self.train_set, device, self.resident_memory_fraction
+            )
+            if trainer is None or trainer.is_global_zero:
+                state = "on" if self._resident.enabled else "off"
+                log.info("device-resident data %s (%s): %s", state, device, self._resident.reason)
+        return self._resident
+
+    def _loader(
+        self, dataset: Dataset[Any], batch_size: int, sampler: Any
+    ) -> DataLoader[Any] | resident_data.DeviceBatches:
+        if self.resident().enabled:
+            return resident_data.DeviceBatches(dataset, batch_size, sampler, self._device())
         workers = self.workers_per_rank()
         _, rank = self._world()
         return DataLoader(
@@ -188,6 +224,11 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def _trainer_or_none(self) -> L.Trainer | None:
         return self.trainer
 
+    def _device(self) -> torch.device:
+        """Where training runs: the attached trainer's device, the CPU when used on its own."""
+        trainer = self._trainer_or_none()
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def _local_processes(self) -> int:
         """Training processes on this machine (DDP ranks per node)."""
         trainer = self._trainer_or_none()
@@ -200,7 +241,9 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         cores, or for ``auto`` the count measured fastest (decided once, by rank 0 for all ranks)."""
         if self._resolved_workers is None:
             local = self._local_processes()
-            if self.num_workers == "auto":
+            if self.resident().enabled:  # batches are drawn on the device: no loader workers
+                self._resolved_workers = 0
+            elif self.num_workers == "auto":
                 self.worker_choice = self._choose_workers(local)
                 self._resolved_workers = self.worker_choice.num_workers
             else:

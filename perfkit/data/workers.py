@@ -121,11 +121,10 @@ def fastest(samples_per_s: dict[int, float], tolerance: float = 0.05) -> int:
 
 
 def cache_path() -> Path:
-    """``$PERFKIT_CACHE_DIR/num_workers.json`` (default ``$XDG_CACHE_HOME/perfkit`` or ``~/.cache/perfkit``)."""
-    root = os.environ.get("PERFKIT_CACHE_DIR")
-    if root is None:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perfkit")
-    return Path(root) / "num_workers.json"
+    """``num_workers.json`` in :func:`perfkit.run.cache_dir`."""
+    from perfkit.run import cache_dir
+
+    return cache_dir() / "num_workers.json"
 
 
 def cache_key(dataset: str, batch_size: int, local_processes: int) -> str:

@@ -122,6 +122,13 @@ class Tuner:
     def candidates(self) -> list[Candidate]:
         cuda = self.device.type == "cuda"
         conv = any(isinstance(m, nn.Conv2d) for m in self.module.modules())
+        # on CUDA, reduce-overhead replays the step as CUDA graphs (for launch-bound steps) and
+        # max-autotune adds kernel autotuning to that; CPU has no graphs to replay
+        compile_modes = (
+            ("default", "reduce-overhead", "max-autotune")
+            if cuda
+            else ("default", "max-autotune-no-cudagraphs")
+        )
         found: list[Candidate] = []
 
         def add(mode: str, axis: str, name: str, settings: dict[str, Any], numerics: bool = False) -> None:
@@ -137,14 +144,14 @@ class Tuner:
             add("train", "precision", "bf16-mixed", {"precision": "bf16-mixed"}, numerics=True)
             if cuda:
                 add("train", "precision", "16-mixed", {"precision": "16-mixed"}, numerics=True)
-            for mode in ("default", "max-autotune" if cuda else "max-autotune-no-cudagraphs"):
+            for mode in compile_modes:
                 add("train", "compile", mode, {"optimize.compile": True, "optimize.compile_mode": mode})
             if cuda and conv:
                 add("train", "channels_last", "channels_last", {"channels_last": True})
         if "inference" in self.settings.modes:
             for size in sorted({1, 16, 256} - {self.batch_size}):
                 add("inference", "batch_size", str(size), {"batch_size": size})
-            for mode in ("default", "max-autotune" if cuda else "max-autotune-no-cudagraphs"):
+            for mode in compile_modes:
                 add("inference", "compile", mode, {"compile_mode": mode})
             if not cuda:
                 import importlib.util
@@ -241,6 +248,9 @@ class Tuner:
         choose = getattr(self.datamodule, "workers_per_rank", None)
         if not callable(choose) or not hasattr(self.datamodule, "num_workers"):
             return Outcome(candidate, SKIPPED, "the datamodule is not a perfkit ClassificationDataModule")
+        resident = getattr(self.datamodule, "resident", None)
+        if callable(resident) and resident().enabled:
+            return Outcome(candidate, SKIPPED, "batches come from device-resident data: no loader workers")
         previous = self.datamodule.num_workers
         self.datamodule.num_workers, self.datamodule._resolved_workers = "auto", None
         try:

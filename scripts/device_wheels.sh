@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Download the wheels a lent GPU machine lacks into DIR, to carry there for scripts/bench_gpu.sh.
+set -euo pipefail
+
+usage() {
+    cat <<USAGE
+usage: scripts/device_wheels.sh DIR
+
+Downloads into DIR (normally .whl, which git ignores) the wheels a lent GPU machine lacks: its image
+has torch, Lightning, torchvision, torchmetrics and pytest, but not Hydra, omegaconf, antlr4, mlxtend,
+typeguard or torch-pruning. antlr4 4.9.3 ships no wheel, so one is built. Carry DIR to the GPU machine
+and run scripts/bench_gpu.sh there: it installs them into /tmp/site first.
+Example: scripts/device_wheels.sh .whl
+USAGE
+}
+
+case "${1:-}" in
+    -h | --help) usage; exit 0 ;;
+    "") usage >&2; echo "error: DIR is required (where the wheels go, e.g. .whl)" >&2; exit 2 ;;
+esac
+out=$1
+here=$(cd "$(dirname "$0")/.." && pwd)
+python="$here/.venv/bin/python"
+[ -x "$python" ] || python=$(command -v python3)
+mkdir -p "$out"
+# the device's Python is 3.12 on x86-64 manylinux; these are pure-Python wheels
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d "$out" \
+    hydra-core==1.3.2 omegaconf==2.3.0 mlxtend==0.25.0 typeguard torch-pruning==1.6.1
+"$python" -m pip wheel -q --no-deps -w "$out" antlr4-python3-runtime==4.9.3
+ls -1 "$out"
