@@ -78,3 +78,16 @@ def test_classifier_accepts_a_ready_module_and_schedulers() -> None:
     configured = model.configure_optimizers()
     assert isinstance(configured["optimizer"], torch.optim.AdamW)
     assert isinstance(configured["lr_scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+def test_epoch_loss_is_the_mean_over_samples_whatever_the_batch_sizes() -> None:
+    """Batches of 5 and 1 samples: the logged loss weighs each sample once (DDP shards are uneven)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = ImageClassifier(MLP, (1, 4, 4), 3)
+    images, labels = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for batch in ((images[:5], labels[:5]), (images[5:], labels[5:])):
+        model.test_step(batch, 0)
+    expected = F.cross_entropy(model(images), labels)
+    torch.testing.assert_close(model.test_loss.compute(), expected.detach())

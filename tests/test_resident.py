@@ -111,3 +111,19 @@ def test_training_on_resident_data_gives_the_loaders_numbers(
     for split in ("val", "test"):
         assert runs["true"][split] == pytest.approx(runs["false"][split], rel=1e-5)
     assert runs["true"]["train_samples_per_epoch"] == runs["false"]["train_samples_per_epoch"]
+
+
+def test_profiles_count_resident_batches_as_data_time() -> None:
+    """The same range a DataLoader records around each batch, so the step breakdown sees data wait."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from perfkit.measure import quiet_profiler_logs
+    from perfkit.profiling import _DATA
+
+    digits = DigitsDataModule(batch_size=100, device_resident=True)
+    digits.setup()
+    loader = digits.train_dataloader()
+    with quiet_profiler_logs(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        batches = sum(1 for _ in loader)
+    ranges = [event for event in profiler.events() if _DATA.match(event.name)]
+    assert batches == len(loader) and len(ranges) == batches

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset, Subset
 log = logging.getLogger(__name__)
 
 DeviceResident = bool | Literal["auto"]
+# the range a DataLoader's iterator records around each batch: profiles count it as data time
+_PROFILE_NAME = "enumerate(DataLoader)#DeviceBatches.__next__"
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,14 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.sampler is None:  # sequential: plain slices, no index tensor
             for start in range(0, len(self.labels), self.batch_size):
-                yield (
-                    self.images[start : start + self.batch_size],
-                    self.labels[start : start + self.batch_size],
-                )
+                with torch.profiler.record_function(_PROFILE_NAME):
+                    end = start + self.batch_size
+                    batch = self.images[start:end], self.labels[start:end]
+                yield batch
             return
         order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.device, non_blocking=True)
         for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.images[index], self.labels[index]
+            with torch.profiler.record_function(_PROFILE_NAME):
+                index = order[start : start + self.batch_size]
+                batch = self.images[index], self.labels[index]
+            yield batch

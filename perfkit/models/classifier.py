@@ -61,10 +61,12 @@ class ImageClassifier(L.LightningModule):
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        losses = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
-        return loss
+        # per-sample losses, so the epoch's loss is the mean over samples whatever the batch sizes (a
+        # `weight` argument would be dropped: torchmetrics ignores it with nan_strategy="disable")
+        getattr(self, f"{stage}_loss").update(losses.detach())
+        return losses.mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
