@@ -408,9 +408,13 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    from tqdm import tqdm
+
     results = []
-    with tempfile.TemporaryDirectory(prefix="perfkit-parity-") as workdir:
+    bar = tqdm(total=len(args.jobs) * args.rounds, unit="round", desc="parity")
+    with tempfile.TemporaryDirectory(prefix="perfkit-parity-") as workdir, bar:
         for job in args.jobs:
+            bar.set_postfix_str(job)
             outcome = run_job(
                 job,
                 device,
@@ -418,11 +422,13 @@ def main(argv: list[str] | None = None) -> None:
                 extra=args.overrides,
                 workdir=Path(workdir),
                 ablate=args.ablate,
-                progress=print,
+                progress=lambda _: bar.update(1),
             )
             results.append(summarise(outcome))
             vs = results[-1]["perfkit_vs_plain"]
-            print(f"{job}: perfkit / plain = {vs['ratio']:.3f}x, {vs['per_step_overhead_ms']:+.2f} ms/step")
+            bar.write(
+                f"{job}: perfkit / plain = {vs['ratio']:.3f}x, {vs['per_step_overhead_ms']:+.2f} ms/step"
+            )
     path = write(results, device, args.rounds, args.report)
     print(f"report: {path} (and .md, .png)")
 
