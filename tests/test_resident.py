@@ -127,3 +127,11 @@ def test_profiles_count_resident_batches_as_data_time() -> None:
         batches = sum(1 for _ in loader)
     ranges = [event for event in profiler.events() if _DATA.match(event.name)]
     assert batches == len(loader) and len(ranges) == batches
+
+
+def test_forcing_residency_on_computed_samples_is_a_config_error(compose_train: ComposeTrain) -> None:
+    from perfkit.config import ConfigError
+
+    cfg = compose_train(*FAST, "logger=none", "data=synthetic", "data.device_resident=true")
+    with pytest.raises(ConfigError, match="device_resident=true needs an in-memory tensor dataset"):
+        train(cfg)

@@ -63,7 +63,9 @@ def decide(
     if found is None:
         what = type(dataset.dataset if isinstance(dataset, Subset) else dataset).__name__
         if requested is True:
-            raise ValueError(
+            from perfkit.config import ConfigError
+
+            raise ConfigError(
                 f"data.device_resident=true needs an in-memory tensor dataset (TensorImageDataset); {what} "
                 "computes its samples: use data.device_resident=auto or false"
             )
