@@ -113,6 +113,57 @@ class TrainingSpeed(L.Callback):
         }
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: every later step would only spread it."""
+
+
+class DivergenceCheck(L.Callback):
+    """Stop training with :class:`DivergedError` once the loss is NaN or infinite, or has grown a
+    millionfold over its first value (``optimizer.lr=1e6`` took the default job's loss from 2.3 to 1e28
+    without a NaN).
+
+    Each step only updates a device flag (no host sync); the flag is read every ``log_every_n_steps``
+    steps, at each epoch's last batch and before validation, so a diverged model is never validated
+    or checkpointed as "best". Under DDP the ranks agree (one collective per check) and stop together.
+    """
+
+    growth_limit = 1e6
+
+    def __init__(self) -> None:
+        self._diverged: torch.Tensor | None = None
+        self._limit: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            if self._limit is None:
+                self._limit = self.growth_limit * loss.abs().clamp(min=1.0)
+            flag = ~torch.isfinite(loss).all() | (loss.abs() > self._limit).any()
+            self._diverged = flag if self._diverged is None else self._diverged | flag
+        every = max(1, getattr(trainer, "log_every_n_steps", 50))
+        if (batch_idx + 1) % every == 0 or trainer.is_last_batch:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        local = bool(self._diverged) if self._diverged is not None else False
+        if trainer.world_size > 1:
+            local = trainer.strategy.reduce_boolean_decision(local, all=False)
+        if local:
+            raise DivergedError(
+                f"training diverged: the loss became NaN, infinite or {self.growth_limit:.0e} times its first "
+                f"value in epoch {trainer.current_epoch} (by "
+                f"optimizer step {trainer.global_step}); lower the learning rate (optimizer.lr) or clip "
+                "gradients (trainer.gradient_clip_val=1.0)"
+            )
+
+
 def _rounded(seconds: float | None) -> float | None:
     return round(seconds, 3) if seconds is not None else None
 

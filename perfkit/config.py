@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
+import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -58,6 +60,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_run_options(cfg)
     for key, node in _instantiable_nodes(cfg, ""):
         check_node(node, key)
+    _check_optimizer(cfg.get("optimizer"))
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -224,6 +227,13 @@ def _check_run_options(cfg: DictConfig) -> None:
     num_nodes = cfg.get("num_nodes")
     if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
         raise ConfigError(f"num_nodes={num_nodes!r} is not valid: use a positive integer")
+    if num_nodes > 1 and not _multi_node_launcher():
+        # without one, rank 0 would wait for the other nodes forever
+        raise ConfigError(
+            f"num_nodes={num_nodes} needs a launcher that starts this command on every node: torchrun "
+            f"--nnodes={num_nodes} (scripts/torchrun.sh), SLURM srun (scripts/slurm.sbatch), or NODE_RANK and "
+            "MASTER_ADDR set on each node; none was found"
+        )
 
     accelerators = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
     if cfg.get("accelerator") not in accelerators:
@@ -236,6 +246,10 @@ def _check_run_options(cfg: DictConfig) -> None:
     strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
     if name not in strategies:
         raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
+
+    _check_cpu_ranks(cfg, devices, num_nodes, str(name))
+    _check_groups_used(cfg)
+    _check_stop_condition(cfg)
 
     from perfkit.optim.training import TrainingOptimizations
 
@@ -255,8 +269,162 @@ def _check_run_options(cfg: DictConfig) -> None:
         raise ConfigError("resume=auto and ckpt_path are alternatives: give one of them")
 
     seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"seed={seed!r} is not valid: use an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not valid: use an integer in 0..4294967295")
+    _check_trainer_numbers(cfg.get("trainer"))
+    _check_int_range(cfg, "")
+
+
+# Trainer settings Lightning accepts without a word (or fails on deep inside fit, e.g. a
+# ZeroDivisionError for accumulate_grad_batches=0): the smallest value each allows.
+_TRAINER_MINIMUM = {
+    "accumulate_grad_batches": 1,
+    "log_every_n_steps": 1,
+    "check_val_every_n_epoch": 1,
+    "gradient_clip_val": 0,
+    "min_epochs": 0,
+    "max_steps": -1,
+    "num_sanity_val_steps": -1,
+}
+
+
+def _check_trainer_numbers(trainer: Any) -> None:
+    if not isinstance(trainer, DictConfig):
+        return
+    for key, minimum in _TRAINER_MINIMUM.items():
+        value = trainer.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < minimum:
+            raise ConfigError(f"trainer.{key}={value!r} is not valid: use a value >= {minimum}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
+        raise ConfigError(
+            f"trainer.val_check_interval={interval!r} is not valid: use a fraction of an epoch in (0, 1], "
+            "a number of batches >= 1, or null"
+        )
+
+
+def _check_int_range(node: Any, prefix: str) -> None:
+    """Integers past 64 bits (``trainer.max_epochs=99999999999999999999``) overflow torch and numpy."""
+    children: list[tuple[str, Any]] = []
+    if isinstance(node, DictConfig):
+        names = [str(name) for name in node if not str(name).startswith("hydra")]
+        children = [(f"{prefix}.{name}" if prefix else name, name) for name in names]
+    elif isinstance(node, ListConfig):
+        children = [(f"{prefix}[{index}]", index) for index in range(len(node))]
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 2**63:
+        raise ConfigError(f"{prefix}={node} is out of range: integers must fit in 64 bits")
+    for key, name in children:
+        try:
+            child = node[name]
+        except Exception:  # an interpolation that does not resolve here: not this check's business
+            continue
+        _check_int_range(child, key)
+
+
+def _multi_node_launcher() -> bool:
+    """Whether a cluster environment Lightning knows (or a hand-set NODE_RANK) places this process."""
+    from lightning.fabric.plugins.environments import (
+        LSFEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    environments = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment)
+    # Kubeflow's PyTorchJob sets the torch.distributed variables; Lightning can't detect it by itself
+    variables = ("NODE_RANK", "GROUP_RANK")
+    return any(v in os.environ for v in variables) or any(
+        environment.detect() for environment in environments
+    )
+
+
+def _check_cpu_ranks(cfg: DictConfig, devices: Any, num_nodes: int, strategy: str) -> None:
+    """Refuse far more CPU DDP processes than cores: each holds a model, data and a gloo group, and
+    64 ranks on 2 cores filled 22 GB and crawled instead of failing."""
+    import torch
+
+    accelerator = cfg.get("accelerator")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not on_cpu or not strategy.startswith("ddp") or cfg.get("allow_oversubscription"):
+        return
+    if isinstance(devices, list):
+        ranks = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        ranks = len([d for d in devices.split(",") if d.strip()])
+    else:
+        ranks = int(devices) if str(devices).lstrip("-").isdigit() and int(devices) > 0 else 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if ranks > 2 * cores:
+        raise ConfigError(
+            f"devices={ranks} starts {ranks} CPU processes per node but this machine has {cores} CPU core(s) "
+            f"(at most {2 * cores} ranks are useful); lower devices, or set allow_oversubscription=true if "
+            "you mean it"
+        )
+
+
+def _check_groups_used(cfg: DictConfig) -> None:
+    """An ``optimizer``/``scheduler`` override reaches the model only through its config's
+    ``optimizer: ${optimizer}`` key; a user's own LightningModule builds its own in
+    ``configure_optimizers``, and the override would be recorded but ignored."""
+    from hydra.core.hydra_config import HydraConfig
+
+    model = cfg.get("model")
+    if not HydraConfig.initialized() or not isinstance(model, DictConfig):
+        return
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0].split("/", 1)[0]
+        if group in ("optimizer", "scheduler") and group not in model:
+            raise ConfigError(
+                f"{override}: {model.get('_target_')} takes no {group} (it builds its own in "
+                f"configure_optimizers), so this override would be ignored; set it in your module, or add "
+                f"'{group}: ${{{group}}}' to your model config and a {group} parameter to the module"
+            )
+
+
+def _check_stop_condition(cfg: DictConfig) -> None:
+    """``max_epochs=-1`` trains until something else stops it: refuse it when nothing would."""
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig) or trainer.get("max_epochs") != -1:
+        return
+    max_steps = trainer.get("max_steps")
+    early_stopping = any(
+        str(node.get("_target_", "")).endswith("EarlyStopping")
+        for node in (cfg.get("callbacks") or {}).values()
+        if isinstance(node, DictConfig)
+    )
+    if (max_steps is None or max_steps == -1) and trainer.get("max_time") is None and not early_stopping:
+        raise ConfigError(
+            "trainer.max_epochs=-1 trains forever with nothing else to stop it: also set trainer.max_steps=N, "
+            "+trainer.max_time=HH:MM:SS or callbacks=early_stopping, or give a positive max_epochs"
+        )
+
+
+def _check_optimizer(node: Any) -> None:
+    """Build the optimizer on one dummy parameter, so torch's own checks (a negative learning rate,
+    betas outside [0, 1), ...) fail now, in one line, not deep inside the first training step."""
+    if not _is_instantiable(node) or not node.get("_partial_", False):
+        return
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        target = _locate(str(node._target_))
+    except ImportError:
+        return  # check_node names the import problem
+    if not (inspect.isclass(target) and issubclass(target, torch.optim.Optimizer)):
+        return
+    try:
+        instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ConfigError(
+            f"optimizer: {target.__name__} refuses these settings: {_first_line(cause)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _valid_devices(devices: Any) -> bool:
@@ -298,4 +466,71 @@ def error_line(error: BaseException) -> str:
         )
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         return f"{key}: {message}" if key else message
-    return " ".join(str(error).split())
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the worker's own message
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def fresh_run_dir(parent: str) -> str:
+    """``parent/<PERFKIT_RUN_ID>`` when set (every rank of a torchrun/SLURM job names the same one),
+    else a new ``parent/<date>_<time>`` directory, created here so that two runs started in the same
+    second get two directories (the second gets a ``-2`` suffix)."""
+    run_id = os.environ.get("PERFKIT_RUN_ID")
+    if run_id:
+        return str(Path(parent) / run_id)
+    if parent in _fresh_dirs:  # the config is resolved more than once in a process
+        return _fresh_dirs[parent]
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            candidate = Path(parent) / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            _fresh_dirs[parent] = str(candidate)
+            return str(candidate)
+    except OSError as error:
+        # Hydra would print a traceback: one line, as for any other configuration error
+        print(
+            f"perfkit: error: cannot create a run directory under {parent} ({error.strerror or error}): "
+            "choose a writable place with paths.log_dir=... or hydra.run.dir=...",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    raise SystemExit(f"perfkit: error: no free run directory name under {parent}")
+
+
+_fresh_dirs: dict[str, str] = {}
+
+
+def check_output_dir_overrides(program: str, argv: list[str] | None = None) -> None:
+    """Refuse, in one line, a ``hydra.run.dir``/``hydra.sweep.dir`` override that can't be created:
+    Hydra creates it before any perfkit code runs and would answer with a traceback."""
+    for argument in sys.argv[1:] if argv is None else argv:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            why = "is not a directory" if not existing.is_dir() else "is not writable"
+            print(
+                f"{program}: error: {key}={value}: {existing} {why}; choose another directory",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
+def register_resolvers() -> None:
+    """The resolvers perfkit's configs use (``${perfkit.run_dir:...}`` in ``hydra/default.yaml``)."""
+    if not OmegaConf.has_resolver("perfkit.run_dir"):
+        OmegaConf.register_new_resolver("perfkit.run_dir", fresh_run_dir)
+
+
+# every entry point imports this module before Hydra composes its config
+register_resolvers()

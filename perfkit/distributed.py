@@ -119,6 +119,36 @@ def rank_description() -> str:
     return f"rank {rank} of {world_size}" if world_size > 1 else ""
 
 
+def dead_ranks(wait_s: float = 10.0) -> list[str]:
+    """The DDP ranks this process launched that have died, each as ``rank N of M (how)``.
+
+    When a rank dies, the others only notice a lost connection (gloo's "Connection reset by peer"),
+    which names the wrong process; the launching process can see which child exited. Children get up
+    to ``wait_s`` seconds to finish dying.
+    """
+    import signal
+    import time
+
+    trainer: Any = _job.get("trainer")
+    processes = getattr(getattr(getattr(trainer, "strategy", None), "launcher", None), "procs", None)
+    if trainer is None or not processes:
+        return []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and all(process.poll() is None for process in processes):
+        time.sleep(0.1)
+    first_rank = trainer.node_rank * trainer.num_devices
+    dead = []
+    for local_rank, process in enumerate(processes, start=1):
+        code = process.poll()
+        if code is None or code == 0:
+            continue
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if code == -signal.SIGKILL:
+            how += ", e.g. by the out-of-memory killer"
+        dead.append(f"rank {first_rank + local_rank} of {trainer.world_size} ({how})")
+    return dead
+
+
 # Under ddp_spawn, fit runs in child processes and only ``trainer.callback_metrics`` travels back to
 # the main one; perfkit's callbacks send their measurements home under this prefix.
 _SHARED = "perfkit_shared/"

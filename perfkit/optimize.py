@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_required, config_dir, error_line
+from perfkit.config import ConfigError, check_output_dir_overrides, check_required, config_dir, error_line
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     from perfkit.optim import prune, quantize, reports
     from perfkit.optim.quantization import BACKENDS, SCHEMES
     from perfkit.optim.report import count_parameters, serialized_size
-    from perfkit.run import environment, guard_run_dir, write_json
+    from perfkit.run import RunDirectory, environment, write_json
 
     check_required(cfg)
     checkpoint, run_cfg = load_run(cfg.ckpt_path)
@@ -56,8 +56,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     if cfg.quantize and device.type != "cpu":
         raise ConfigError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
     output_dir = Path(cfg.paths.output_dir)
-    guard_run_dir(output_dir, precious=("comparison.json", "optimized.pt"))
-    output_dir.mkdir(parents=True, exist_ok=True)
+    RunDirectory(output_dir, precious=("comparison.json", "optimized.pt"))
 
     torch.manual_seed(cfg.seed)
     datamodule = instantiate(run_cfg.data)
@@ -165,7 +164,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 def load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint of a perfkit training run and that run's resolved config."""
-    import torch
+    from perfkit.checkpoint import read_checkpoint
 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
@@ -178,7 +177,7 @@ def load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
             f"ckpt_path={ckpt_path!r}: no config.yaml in its run directory ({run_config.parent}); "
             "perfkit.optimize needs a checkpoint written by perfkit.train"
         )
-    return torch.load(path, map_location="cpu", weights_only=False), OmegaConf.load(run_config)  # type: ignore[return-value]
+    return read_checkpoint(path, "ckpt_path"), OmegaConf.load(run_config)  # type: ignore[return-value]
 
 
 def finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs: int, device: Any) -> Any:
@@ -250,6 +249,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_output_dir_overrides("perfkit.optimize")
     _hydra_main()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from perfkit.config import config_dir
+from perfkit.config import check_output_dir_overrides, config_dir
 from perfkit.train import run_task
 
 
@@ -25,6 +25,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    check_output_dir_overrides("perfkit.profile")
     _hydra_main()
 
 

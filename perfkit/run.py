@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +55,108 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a reader (or a crash) never sees half a file."""
+    """Write atomically: a reader (or a crash) never sees half a file.
+
+    NaN and infinities become ``null``: they are not JSON, and strict parsers reject the file.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False)
+    temporary.write_text(text + "\n")
     temporary.replace(path)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, through dicts, lists, tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
+
+
+_LOCK_NAME = ".perfkit-run.lock"
+
+
+class RunDirectory:
+    """A run directory reserved for this process: a lock file created atomically (``O_EXCL``) before
+    anything is written, so two runs started at the same moment can never share it.
+
+    The lock holds ``pid host``; a lock whose process is gone (a killed run) is taken over, which is
+    what ``resume=auto`` needs. :meth:`release` removes it; a finished run is then protected by its
+    ``metrics.json`` (see :func:`guard_run_dir`), or the ``precious`` files given.
+    """
+
+    def __init__(self, path: Path, precious: tuple[str, ...] = _PRECIOUS, *, resume: bool = False) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock = path / _LOCK_NAME
+            self._take()
+        except PermissionError as error:
+            raise ConfigError(
+                f"cannot write to the run directory {path} ({error.strerror}): choose a writable one with "
+                "hydra.run.dir=... or paths.log_dir=..."
+            ) from None
+        except OSError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"cannot use the run directory {path}: {error.strerror or error}") from None
+        try:
+            guard_run_dir(path, precious, resume=resume)
+        except ConfigError:
+            self.release()
+            raise
+        atexit.register(self.release)  # also when the command ends by an exception
+
+    def _take(self) -> None:
+        for _ in range(3):
+            try:
+                descriptor = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self._lock)
+                if owner is not None:
+                    raise ConfigError(
+                        f"{self.path} is in use by another perfkit run ({owner}); choose a new directory with "
+                        f"hydra.run.dir=..., or remove {self._lock} if that run is gone"
+                    ) from None
+                self._lock.unlink(missing_ok=True)  # its process is gone: a killed run
+                continue
+            with os.fdopen(descriptor, "w") as lock:
+                lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+            return
+        raise ConfigError(f"{self.path}: could not reserve the directory (its lock file keeps reappearing)")
+
+    def release(self) -> None:
+        try:
+            text = self._lock.read_text().split()
+        except OSError:
+            return
+        if text[:1] == [str(os.getpid())]:
+            self._lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> str | None:
+    """``pid N on HOST`` while the lock's process may be alive; None when it is certainly gone."""
+    try:
+        fields = lock.read_text().split()
+    except FileNotFoundError:
+        return None
+    if len(fields) < 2 or not fields[0].isdigit():
+        return "a run that is starting"  # created, not yet written: a live run
+    pid, host = int(fields[0]), fields[1]
+    if pid == os.getpid() and host == socket.gethostname():
+        return None  # an earlier call in this process that ended by an exception: runs here are sequential
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"  # another machine's process: can't tell, assume alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return f"pid {pid}"
 
 
 def cache_dir() -> Path:

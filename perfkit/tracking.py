@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def forced_offline() -> bool:
 
 def check_online_wandb(offline: bool, key: str) -> None:
     """Refuse an online W&B run that would prompt for a key."""
+    check_wandb_mode()
     if not offline and not forced_offline() and not api_key_available():
         raise ConfigError(
             f"{key}=false needs a W&B API key (set WANDB_API_KEY or run `wandb login`); or keep it true: the "
@@ -52,13 +54,50 @@ def check_online_wandb(offline: bool, key: str) -> None:
         )
 
 
+_WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
+def check_wandb_mode() -> None:
+    """An empty ``WANDB_MODE`` means unset (as for any Unix variable); an unknown one is refused."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and not mode.strip():
+        del os.environ["WANDB_MODE"]
+    elif mode is not None and mode.lower() not in _WANDB_MODES:
+        raise ConfigError(
+            f"WANDB_MODE={mode!r} is not valid; allowed: online, offline, disabled (or unset it)"
+        )
+
+
+def wandb_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether W&B's server (``WANDB_BASE_URL``, default api.wandb.ai) accepts a connection: wandb itself
+    retries for minutes before failing with a traceback."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or f"https://{_WANDB_HOST}")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or _WANDB_HOST, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def check_loggers(logger_cfg: DictConfig | None) -> None:
-    """:func:`check_online_wandb` for every ``WandbLogger`` in the ``logger`` group."""
+    """:func:`check_online_wandb` for every ``WandbLogger`` in the ``logger`` group; an online logger
+    whose server can't be reached logs offline instead, with a warning (``wandb sync`` uploads later)."""
+    check_wandb_mode()
     if not logger_cfg:
         return
     for name, node in logger_cfg.items():
         if isinstance(node, DictConfig) and node.get("_target_") == _WANDB_LOGGER:
-            check_online_wandb(bool(node.get("offline", False)), f"logger.{name!s}.offline")
+            offline = bool(node.get("offline", False))
+            check_online_wandb(offline, f"logger.{name!s}.offline")
+            if not offline and not forced_offline() and not wandb_reachable():
+                log.warning(
+                    "W&B server unreachable: logging offline instead (upload later with `wandb sync <run "
+                    "dir>/wandb/offline-run-*`)"
+                )
+                node.offline = True
 
 
 def log_report_artifact(
@@ -113,6 +152,11 @@ def log_benchmark(
     import wandb
 
     check_online_wandb(offline, "wandb.offline")
+    if not offline and not forced_offline() and not wandb_reachable():
+        log.warning(
+            "W&B server unreachable: logging the report offline instead (upload later with `wandb sync`)"
+        )
+        offline = True
     run = wandb.init(
         project=project,
         name=f"bench-{run_dir.name}",

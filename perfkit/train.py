@@ -23,7 +23,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_config, config_dir, error_line, instantiate_all
+from perfkit.config import (
+    ConfigError,
+    check_config,
+    check_output_dir_overrides,
+    config_dir,
+    error_line,
+    instantiate_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +44,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # the command's start for the CLI's first run; a library call (or a later sweep job) counts from here
     launched_at = _command_started.pop() if _command_started else time.time()
     check_config(cfg)
+    from perfkit import distributed
+    from perfkit.run import RunDirectory, is_launching_process
+
+    _avoid_duplicate_log_lines()
+    distributed.check_shared_run_dir()
+    run_dir = Path(cfg.paths.output_dir)
+    resume = cfg.get("resume") == "auto"
+    # DDP children share the directory their launching process reserved
+    reservation = RunDirectory(run_dir, resume=resume) if is_launching_process() else None
+    try:
+        return _train(cfg, run_dir, resume=resume, launched_at=launched_at, started=started)
+    finally:
+        if reservation is not None:
+            reservation.release()
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, *, resume: bool, launched_at: float, started: float
+) -> dict[str, Any]:
     # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from perfkit import distributed
-    from perfkit.callbacks import TrainingSpeed, add_progress_bar
+    from perfkit.callbacks import DivergenceCheck, TrainingSpeed, add_progress_bar
+    from perfkit.checkpoint import check_fits, read_checkpoint
     from perfkit.optim.training import TrainingOptimizations
-    from perfkit.run import environment, guard_run_dir, is_launching_process, resume_checkpoint, write_json
+    from perfkit.run import environment, resume_checkpoint, write_json
     from perfkit.tracking import check_loggers, finish_training_runs
 
-    _avoid_duplicate_log_lines()
     check_loggers(cfg.get("logger"))
-    distributed.check_shared_run_dir()
-    run_dir = Path(cfg.paths.output_dir)
-    resume = cfg.get("resume") == "auto"
-    if is_launching_process():
-        guard_run_dir(run_dir, resume=resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # every rank finds the same checkpoint: the others start before rank 0 can write a new one
     resume_from = resume_checkpoint(run_dir) if resume else None
     ckpt_path = str(resume_from) if resume_from else cfg.get("ckpt_path")
@@ -63,9 +83,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
+    if ckpt_path:
+        key = "resume=auto" if resume_from else "ckpt_path"
+        check_fits(read_checkpoint(Path(ckpt_path), key), model, key, Path(ckpt_path))
     speed = TrainingSpeed(launched_at=launched_at)
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
-    callbacks = [*instantiate_all(cfg.get("callbacks"), instantiate), *optimizations.callbacks(model), speed]
+    callbacks = [
+        *instantiate_all(cfg.get("callbacks"), instantiate),
+        *optimizations.callbacks(model),
+        speed,
+        DivergenceCheck(),
+    ]
     add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
     loggers = instantiate_all(cfg.get("logger"), instantiate)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
@@ -288,8 +316,10 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
     """
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from perfkit.distributed import rank_description
+    from perfkit.callbacks import DivergedError
+    from perfkit.distributed import dead_ranks, rank_description
     from perfkit.run import is_launching_process
     from perfkit.sweep import in_sweep, record_failure
 
@@ -303,9 +333,30 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
             # a configuration error usually holds for every job: end the sweep, keeping its summary
             record_failure(error_line(error), final=True)
         sys.exit(2)
+    except SIGTERMException:
+        # Lightning ends fit with SystemExit(None), status 0: schedulers would record a success
+        if is_launching_process():
+            print(f"{program}: {_interrupted_note(Path(cfg.paths.output_dir))}", file=sys.stderr)
+        sys.exit(143)
+    except DivergedError as error:
+        if is_launching_process():  # every rank stopped together: one line, from the launching one
+            print(f"{program}: error: {error}", file=sys.stderr)
+            if in_sweep():
+                record_failure(str(error))
+                return math.nan
+        sys.exit(1)
     except Exception as error:
         rank = rank_description()
-        if rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
+        dead = dead_ranks() if rank else []
+        if dead:  # this rank only lost contact with the one that died: name that one
+            print(
+                f"{program}: {', '.join(dead)} died first; {rank} stopped because it lost contact "
+                f"({type(error).__name__}: {_lost_contact_reason(error)})",
+                file=sys.stderr,
+            )
+            if not in_sweep():
+                sys.exit(1)
+        elif rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
             print(f"{program}: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr)
         if in_sweep() and is_launching_process():
             log.exception("%s: this sweep job failed; the sweep goes on", program)
@@ -315,6 +366,25 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
     # the value a Hydra sweeper optimises
     value = metrics.get("val", {}).get("acc")
     return float(value) if value is not None else None
+
+
+def _lost_contact_reason(error: BaseException) -> str:
+    """gloo's "[.../pair.cc:545] Read error [127.0.0.1]:20905: Connection reset by peer. This is ..."
+    without the source location and the advice."""
+    import re
+
+    return re.sub(r"^\[[^\]]*\]\s*", "", error_line(error)).split(". ")[0][:160]
+
+
+def _interrupted_note(run_dir: Path) -> str:
+    """What a run stopped by SIGTERM left behind, and how to continue it."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return (
+            f"stopped by SIGTERM; {last} (the end of the last finished epoch) is kept: continue with "
+            f"resume=auto hydra.run.dir={run_dir}"
+        )
+    return f"stopped by SIGTERM before the first epoch ended; no checkpoint to resume from in {run_dir}"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -330,6 +400,7 @@ def main() -> None:
     from perfkit.run import process_start_time
 
     _command_started[:] = [process_start_time()]
+    check_output_dir_overrides("perfkit.train")
     _hydra_main()
 
 

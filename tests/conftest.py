@@ -24,6 +24,7 @@ FAST = [
 ]
 
 ComposeTrain = Callable[..., DictConfig]
+CLI = Callable[..., tuple[int, str]]
 
 
 @pytest.fixture
@@ -40,6 +41,33 @@ def compose_train(tmp_path: Path) -> Iterator[ComposeTrain]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> CLI:
+    """``python -m perfkit.train ARGS`` in this process (Hydra's real command line, no re-import cost);
+    returns the exit status and stderr. The run directory is ``tmp_path/cli`` unless ARGS name one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from perfkit.train import main
+
+    def _run(*args: str) -> tuple[int, str]:
+        GlobalHydra.instance().clear()
+        run_dir = (
+            [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={tmp_path / 'cli'}"]
+        )
+        monkeypatch.setattr(sys, "argv", ["perfkit.train", *args, *run_dir])
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+        return code, capsys.readouterr().err
+
+    return _run
 
 
 def attach_trainer(datamodule: Any, *, world_size: int, rank: int, num_nodes: int = 1) -> None:

@@ -133,7 +133,8 @@ def test_several_loggers_at_once(compose_train: ComposeTrain) -> None:
     assert names == ["CSVLogger", "TensorBoardLogger", "WandbLogger"]
 
 
-def test_shortcuts_reach_the_trainer(compose_train: ComposeTrain) -> None:
+def test_shortcuts_reach_the_trainer(compose_train: ComposeTrain, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_RANK", "0")  # as the second node's launcher sets it
     cfg = compose_train("strategy=ddp", "devices=4", "accelerator=cpu", "precision=bf16-mixed", "num_nodes=2")
     assert cfg.strategy.name == "ddp"
     assert (cfg.trainer.devices, cfg.trainer.accelerator) == (4, "cpu")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from perfkit.config import ConfigError
 from perfkit.train import train
@@ -76,27 +74,6 @@ def test_users_own_datamodule_plugs_in_through_target(
         )
     )
     assert metrics["test"]["acc"] >= 0
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    """``python -m perfkit.train ARGS`` in this process (Hydra's real command line, no re-import cost)."""
-    from perfkit.train import main
-
-    def _run(*args: str) -> tuple[int, str]:
-        GlobalHydra.instance().clear()
-        monkeypatch.setattr(sys, "argv", ["perfkit.train", *args, f"hydra.run.dir={tmp_path / 'cli'}"])
-        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        finally:
-            GlobalHydra.instance().clear()
-        return code, capsys.readouterr().err
-
-    return _run
 
 
 # Errors perfkit reports (checked in-process: no interpreter start-up per case)

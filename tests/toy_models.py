@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import lightning as L
 import torch
 from torch import nn
@@ -73,16 +76,50 @@ TOY_MODELS = {"mlp": TinyMLP, "conv": TinyConvNet, "gru": GRUTextModel}
 
 
 class FailOnRank(L.Callback):
-    """A Lightning callback that raises on one rank at one training step: a crash in a DDP job."""
+    """A Lightning callback that fails one rank at one training step: a crash in a DDP job, by an
+    exception or (``how="kill"``) by SIGKILL, as the out-of-memory killer ends a process."""
 
-    def __init__(self, rank: int = 1, step: int = 2) -> None:
+    def __init__(self, rank: int = 1, step: int = 2, how: str = "raise") -> None:
         super().__init__()
         self.rank = rank
         self.step = step
+        self.how = how
 
     def on_train_batch_start(self, trainer: object, *args: object) -> None:
         if (
             getattr(trainer, "global_rank", 0) == self.rank
             and getattr(trainer, "global_step", 0) == self.step
         ):
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
+
+
+class UserLightningModule(L.LightningModule):
+    """A plain LightningModule as a user writes it: its own network, loss and optimizer."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        features = 1
+        for size in input_shape:
+            features *= size
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch
+        return nn.functional.cross_entropy(self.net(inputs), labels)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        inputs, labels = batch
+        logits = self.net(inputs)
+        self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, labels))
+        self.log(f"{stage}/acc", (logits.argmax(dim=1) == labels).float().mean())
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)

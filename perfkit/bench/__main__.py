@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from perfkit.config import ConfigError, config_dir, error_line
+from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="bench")
@@ -37,6 +37,7 @@ def main() -> None:
         from perfkit.bench.compare import main as compare
 
         sys.exit(compare(sys.argv[2:]))
+    check_output_dir_overrides("perfkit.bench")
     _hydra_main()
 
 

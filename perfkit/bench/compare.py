@@ -5,8 +5,8 @@
 Speed-ups (baseline latency / variant latency, measured interleaved within each run) are compared,
 not absolute latencies: a ratio survives a busier or slower machine, a millisecond figure does not.
 A variant regresses when its speed-up dropped by more than ``--max-regression`` percent *and* the
-new 95% confidence interval lies wholly below the old one. Exit status: 0 none regressed, 1 some
-did, 2 bad input.
+new 95% confidence interval lies wholly below the old one, or when the new report lost it.
+Exit status: 0 none regressed, 1 some did, 2 bad input (a new report with no measured rows too).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class Change:
 
     @property
     def regressed(self) -> bool:
-        return self.verdict in ("REGRESSED", "FAILED")
+        # a measurement the new run lost is a failure of the gate, not a pass
+        return self.verdict in ("REGRESSED", "FAILED", "missing")
 
 
 def compare(base: BenchmarkReport, new: BenchmarkReport, max_regression: float) -> list[Change]:
@@ -119,6 +120,12 @@ def main(argv: list[str]) -> int:
         base, new = BenchmarkReport.from_json(args.base), BenchmarkReport.from_json(args.new)
     except ValueError as error:
         print(f"perfkit.bench compare: error: {error}", file=sys.stderr)
+        return 2
+    if not any(row.ok for row in new.rows):
+        print(
+            f"perfkit.bench compare: error: {args.new} has no measured rows: nothing to compare",
+            file=sys.stderr,
+        )
         return 2
     changes = compare(base, new, args.max_regression)
     print(to_markdown(changes, args.max_regression))

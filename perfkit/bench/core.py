@@ -43,6 +43,16 @@ def benchmark(
     ``eval_data`` (batches of inputs and class labels) each variant's accuracy is measured too.
     Models are moved to ``device``. A variant that cannot run there, or fails, gets a row saying why.
     """
+    if not isinstance(variants, Mapping) or not variants:
+        raise TypeError(
+            "perfkit.benchmark takes a mapping of names to models, e.g. {'eager': model, 'compiled': "
+            f"perfkit.compile(model)}}, not {type(variants).__name__}"
+        )
+    for name, variant in variants.items():
+        if not isinstance(variant, nn.Module):
+            raise TypeError(
+                f"perfkit.benchmark: variant {name!r} is a {type(variant).__name__}, not an nn.Module"
+            )
     device = torch.device(device)
     report = BenchmarkReport(environment=_environment(), config={"timing": _timing(rounds, warmup, threads)})
     report.rows = measure_variants(

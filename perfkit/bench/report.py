@@ -52,6 +52,22 @@ class Row:
         return self.status == "ok"
 
 
+_NUMBER_FIELDS = {f.name for f in fields(Row) if f.type in ("int", "float | None", "int | None")}
+_TEXT_FIELDS = {f.name for f in fields(Row) if f.type in ("str", "str | None")}
+
+
+def _check_row_types(index: int, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if value is None and name not in ("model", "variant", "device", "mode", "batch_size", "status"):
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if (name in _NUMBER_FIELDS and not number) or (name in _TEXT_FIELDS and not isinstance(value, str)):
+            kind = "a number" if name in _NUMBER_FIELDS else "text"
+            raise TypeError(f"rows[{index}].{name}={value!r} is not {kind}")
+        if name == "notes" and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
+            raise TypeError(f"rows[{index}].notes={value!r} is not a list of text")
+
+
 @dataclass
 class BenchmarkReport:
     """Rows plus the environment and configuration they were measured with.
@@ -103,8 +119,16 @@ class BenchmarkReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkReport:
+        """Rows checked field by field: a report edited by hand or by another tool fails here, in one
+        line, not in the arithmetic of a comparison (TypeError)."""
         names = {f.name for f in fields(Row)}
-        rows = [Row(**{k: v for k, v in row.items() if k in names}) for row in data["rows"]]
+        rows = []
+        for index, row in enumerate(data["rows"]):
+            if not isinstance(row, dict):
+                raise TypeError(f"rows[{index}] is {type(row).__name__}, not an object")
+            values = {k: v for k, v in row.items() if k in names}
+            _check_row_types(index, values)
+            rows.append(Row(**values))
         return cls(
             data.get("environment", {}), data.get("config", {}), rows, bool(data.get("complete", True))
         )

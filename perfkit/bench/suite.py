@@ -127,7 +127,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     """Measure the matrix described by ``cfg.bench``; write the report into ``cfg.paths.output_dir``."""
     from tqdm import tqdm
 
-    from perfkit.run import environment, guard_run_dir
+    from perfkit.run import RunDirectory, environment
 
     spec = BenchConfig.from_config(cfg.bench, cfg.get("device"))
     tracking = cfg.get("wandb")
@@ -139,8 +139,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
         log.warning("CUDA is not available on this machine: every row will be skipped, so nothing is trained")
         spec = dataclasses.replace(spec, train_epochs=0)
     output_dir = Path(cfg.paths.output_dir)
-    guard_run_dir(output_dir, precious=("report.json",))
-    output_dir.mkdir(parents=True, exist_ok=True)
+    RunDirectory(output_dir, precious=("report.json",))
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     torch.manual_seed(cfg.seed)
     threads = spec.threads or torch.get_num_threads()

@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from perfkit.config import ConfigError
 from perfkit.data.base import ClassificationDataModule
 
 
@@ -22,8 +23,13 @@ class ImageFolderDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(**loader_options)
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise ValueError(f"data.root={str(root)!r} is not a directory (expected root/<class>/<image>)")
+        try:
+            is_dir, why = self.root.is_dir(), ""
+        except OSError as error:  # e.g. a name longer than the file system allows
+            is_dir, why = False, f" ({error.strerror})"
+        if not is_dir:
+            shown = str(root) if len(str(root)) <= 80 else f"{str(root)[:60]}...({len(str(root))} characters)"
+            raise ValueError(f"data.root={shown!r} is not a directory{why} (expected root/<class>/<image>)")
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
         self.image_size = image_size
@@ -36,7 +42,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         try:
             classes, _ = find_classes(str(self.root))
         except FileNotFoundError:
-            raise ValueError(f"data.root={str(self.root)!r} has no class sub-folders") from None
+            raise ConfigError(
+                f"data.root={str(self.root)!r} has no class sub-folders (expected root/<class>/<image>)"
+            ) from None
         return classes
 
     @property
@@ -60,7 +68,26 @@ class ImageFolderDataModule(ClassificationDataModule):
                 transforms.Normalize([0.5] * channels, [0.5] * channels),
             ]
         )
-        return ImageFolder(str(self.root), transform=transform)
+        try:
+            return ImageFolder(str(self.root), transform=transform, loader=load_image)
+        except FileNotFoundError as error:  # a class folder without a single image file
+            raise ConfigError(f"data.root={str(self.root)!r}: {str(error).strip()}") from None
+
+
+def load_image(path: str) -> Any:
+    """Open an image file; a file that is not one stops the run with its path (training on silently
+    fewer images would change the result)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ConfigError(
+            f"data: {path} cannot be read as an image ({error}); remove or replace it"
+        ) from None
 
 
 def _to_rgb(image: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perfkit.optim.report import attach, measure
+from perfkit.optim.report import attach, measure, require_module
 
 MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -24,9 +24,15 @@ class EagerFallback:
     caller's (a wrong input, say) and is raised as is.
     """
 
-    def __init__(self, compiled: Callable[..., Any], eager: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        compiled: Callable[..., Any],
+        eager: Callable[..., Any],
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
         self.compiled = compiled
         self.eager = eager
+        self.on_fallback = on_fallback
         self.reason: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -38,6 +44,8 @@ class EagerFallback:
             result = self.eager(*args, **kwargs)
             self.reason = f"{type(compile_error).__name__}: {_first_line(compile_error)}"
             warnings.warn(f"torch.compile failed, running eager instead ({self.reason})", stacklevel=3)
+            if self.on_fallback is not None:
+                self.on_fallback(self.reason)
             return result
 
 
@@ -54,13 +62,18 @@ class CompiledModule(nn.Module):
         self.module = module
         self.compile_options = compile_options
         # kept out of the module tree: its parameters are `module`'s
-        self._run = EagerFallback(torch.compile(module, **compile_options), module)
+        self._run = EagerFallback(torch.compile(module, **compile_options), module, self._note_fallback)
         self.register_state_dict_post_hook(_drop_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
 
     @property
     def fallback_reason(self) -> str | None:
         return self._run.reason
+
+    def _note_fallback(self, reason: str) -> None:
+        """The report said "compiles at the first call": say what happened instead."""
+        for report in getattr(self, "perfkit_reports", [])[-1:]:
+            report.notes[:] = [f"torch.compile failed at the first call; this model runs eager ({reason})"]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._run(*args, **kwargs)
@@ -101,6 +114,7 @@ def compile(
     On this project's CPU, compiling helps inference of conv nets (~2x) and can slow down training
     steps: measure before shipping (``perfkit.benchmark``).
     """
+    require_module(model, "perfkit.compile")
     if mode not in MODES:
         raise ValueError(f"unknown compile mode {mode!r}; allowed: {', '.join(MODES)}")
     if dynamic not in (None, True, False):

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from perfkit.optim.report import PRUNABLE, attach, measure
+from perfkit.optim.report import PRUNABLE, attach, measure, require_module
 
 METHODS: tuple[str, ...] = (
     "l1_unstructured",
@@ -50,6 +50,7 @@ def prune(
     ``example_inputs`` (a tensor or tuple of tensors) is required by ``channels``, which traces the
     model to find which layers must shrink together.
     """
+    require_module(model, "perfkit.prune")
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; allowed: {', '.join(METHODS)}")
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1:
@@ -70,6 +71,7 @@ def prune(
         )
 
     if method == "channels":
+        check_example_inputs(pruned, example_inputs, "perfkit.prune(method='channels')")
         notes = prune_channels_inplace(pruned, amount, example_inputs, keep=output_layer(pruned))
         changed = Counter(
             type(new).__name__
@@ -77,8 +79,9 @@ def prune(
             if new.weight.shape != old.weight.shape
         )
     else:
-        _prune_masks(layers, amount, method)
-        changed = Counter(type(m).__name__ for m in layers)
+        targets = [(m, "weight") for m in layers] + _attention_projections(pruned)
+        _prune_masks(targets, amount, method)
+        changed = Counter(type(m).__name__ for m in dict.fromkeys(m for m, _ in targets))
         notes = [_MASK_NOTE]
 
     report = measure(f"prune(method={method}, amount={amount})", model, pruned, changed, notes)
@@ -86,20 +89,51 @@ def prune(
     return pruned
 
 
-def _prune_masks(layers: Sequence[nn.Module], amount: float, method: str) -> None:
+def _attention_projections(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``nn.MultiheadAttention`` keeps its q/k/v projection as its own parameter (``in_proj_weight``,
+    or three when the widths differ), not in a Linear: prune those matrices too."""
+    names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+    return [
+        (module, name)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for name in names
+        if getattr(module, name, None) is not None
+    ]
+
+
+def _prune_masks(targets: Sequence[tuple[nn.Module, str]], amount: float, method: str) -> None:
     if method == "global_l1":
         torch_prune.global_unstructured(
-            [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=amount
+            list(targets), pruning_method=torch_prune.L1Unstructured, amount=amount
         )
-    for module in layers:
+    for module, name in targets:
         if method == "l1_unstructured":
-            torch_prune.l1_unstructured(module, "weight", amount=amount)
+            torch_prune.l1_unstructured(module, name, amount=amount)
         elif method == "random_unstructured":
-            torch_prune.random_unstructured(module, "weight", amount=amount)
+            torch_prune.random_unstructured(module, name, amount=amount)
         elif method == "ln_structured":
-            torch_prune.ln_structured(module, "weight", amount=amount, n=2, dim=0)
+            torch_prune.ln_structured(module, name, amount=amount, n=2, dim=0)
         # fold the mask into the weight: no weight_orig/weight_mask left in the state dict
-        torch_prune.remove(module, "weight")
+        torch_prune.remove(module, name)
+
+
+def check_example_inputs(model: nn.Module, example_inputs: Any, transform: str) -> None:
+    """Run ``model`` once on ``example_inputs``: a ValueError naming the problem if it can't."""
+    import torch
+
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{transform}: the model cannot run on example_inputs ({reason}); give a batch it accepts"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def prune_channels_inplace(

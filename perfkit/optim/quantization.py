@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from perfkit.optim.report import attach, measure, replaced_layers
+from perfkit.optim.pruning import check_example_inputs
+from perfkit.optim.report import attach, measure, replaced_layers, require_module
 
 Scheme = Literal["int8_dynamic"]
 Backend = Literal["auto", "torch_ao", "torchao"]
@@ -32,13 +33,19 @@ _TORCH_AO_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def quantize(model: nn.Module, *, scheme: str = "int8_dynamic", backend: str = "auto") -> nn.Module:
+def quantize(
+    model: nn.Module, *, scheme: str = "int8_dynamic", backend: str = "auto", example_inputs: Any = None
+) -> nn.Module:
     """A quantized copy of ``model`` (left untouched), for CPU inference.
 
     ``int8_dynamic`` quantizes the weights of Linear layers (and LSTM/GRU with torch.ao) to int8;
     activations are quantized per batch at run time. Other layers (Conv, norms) stay in fp32; a
     model with nothing quantizable is returned unchanged, with a warning naming its layer types.
+    The feed-forward Linears of ``nn.TransformerEncoderLayer``/``DecoderLayer`` stay in fp32: torch's
+    fused fast path reads their float weights directly and would fail on a quantized layer.
+    With ``example_inputs`` the quantized model is run once on them; a ValueError says why if it fails.
     """
+    require_module(model, "perfkit.quantize")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     if backend not in BACKENDS:
@@ -61,13 +68,25 @@ def quantize(model: nn.Module, *, scheme: str = "int8_dynamic", backend: str = "
         notes.append(message)
         quantized = model
     elif chosen == "torch_ao":
-        quantized = _torch_ao_dynamic(model, targets)
+        kept = _transformer_feed_forward(model)
+        quantized = _torch_ao_dynamic(model, targets, kept)
         notes.append("torch.ao dynamic int8 (x86/fbgemm kernels): for CPU inference, not training")
+        if kept:
+            notes.append(
+                f"{len(kept)} Linear layer(s) of nn.Transformer*Layer kept in fp32: torch's fused fast path "
+                "reads their float weights"
+            )
     else:
         quantized = _torchao_dynamic(model)
         notes.append("torchao Int8DynamicActivationInt8Weight: aimed at CUDA; measured slow on CPU")
 
+    if example_inputs is not None:
+        check_example_inputs(quantized, example_inputs, f"perfkit.quantize({scheme})")
     changed = replaced_layers(source, quantized)
+    if not changed and chosen == "torch_ao" and "nothing to quantize" not in notes[0]:
+        warnings.warn(
+            f"quantize({scheme}): no layer could be quantized; the model is returned unchanged", stacklevel=2
+        )
     report = measure(f"quantize(scheme={scheme}, backend={chosen})", source, quantized, changed, notes)
     attach(quantized, source, report)
     return quantized
@@ -78,7 +97,23 @@ def _choose_backend(backend: str) -> str:
     return "torch_ao" if backend == "auto" else backend
 
 
-def _torch_ao_dynamic(model: nn.Module, targets: tuple[type[nn.Module], ...]) -> nn.Module:
+def _transformer_feed_forward(model: nn.Module) -> set[str]:
+    """Names of the Linear layers inside torch's Transformer layers."""
+    layers = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    return {
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        if isinstance(module, layers)
+        for child, layer in module.named_children()
+        if type(layer) is nn.Linear
+    }
+
+
+def _torch_ao_dynamic(
+    model: nn.Module,
+    targets: tuple[type[nn.Module], ...],
+    kept: set[str] = frozenset(),  # type: ignore[assignment]
+) -> nn.Module:
     engines = torch.backends.quantized.supported_engines
     if torch.backends.quantized.engine not in ("x86", "fbgemm") and "x86" in engines:
         torch.backends.quantized.engine = "x86"
@@ -86,7 +121,16 @@ def _torch_ao_dynamic(model: nn.Module, targets: tuple[type[nn.Module], ...]) ->
         # torch.ao.quantization is deprecated upstream but remains the fastest CPU path here
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
-        return torch.ao.quantization.quantize_dynamic(model, set(targets), dtype=torch.qint8)
+        if not kept:
+            return torch.ao.quantization.quantize_dynamic(model, set(targets), dtype=torch.qint8)
+        # a per-layer spec: every targeted layer except those kept in fp32
+        qconfig = torch.ao.quantization.default_dynamic_qconfig
+        spec = {
+            name: qconfig
+            for name, module in model.named_modules()
+            if type(module) in targets and name not in kept
+        }
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def _torchao_dynamic(model: nn.Module) -> nn.Module:

@@ -101,23 +101,37 @@ def serialized_size(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exactly-zero weights over the Linear and Conv layers."""
-    zeros = total = 0
+def require_module(model: Any, transform: str) -> None:
+    """A one-line TypeError for a transform given something that is not a module."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{transform} takes a torch.nn.Module, not {type(model).__name__} ({model!r:.60})")
+
+
+def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """Every weight matrix (parameters of 2 or more dimensions: Linear, Conv, attention projections,
+    embeddings), with quantized layers' packed weights dequantized."""
+    matrices = [p.detach() for p in model.parameters() if p.dim() >= 2]
     for module in model.modules():
-        if isinstance(module, PRUNABLE):
-            zeros += int((module.weight == 0).sum())
-            total += module.weight.numel()
+        matrices += [t.dequantize() if t.is_quantized else t for t in _packed_tensors(module) if t.dim() >= 2]
+    return matrices
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero entries over all the model's weight matrices."""
+    matrices = weight_matrices(model)
+    zeros = sum(int((m == 0).sum()) for m in matrices)
+    total = sum(m.numel() for m in matrices)
     return zeros / total if total else 0.0
 
 
 def layer_types(model: nn.Module) -> Counter[str]:
-    """Leaf modules that hold weights, by type name."""
+    """Modules that hold weights of their own (leaves, and containers such as MultiheadAttention whose
+    projection matrix is their own parameter), by type name."""
     # quantized layers keep their weights packed in a child module: count the layer, not the child
     return Counter(
         type(m).__name__
         for m in model.modules()
-        if _packed_tensors(m) or (not list(m.children()) and any(True for _ in m.parameters(recurse=False)))
+        if _packed_tensors(m) or any(True for _ in m.parameters(recurse=False))
     )
 
 

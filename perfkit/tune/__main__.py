@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_config, config_dir, error_line
+from perfkit.config import ConfigError, check_config, check_output_dir_overrides, config_dir, error_line
 
 log = logging.getLogger("perfkit.tune")
 
@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> Any:
     import lightning as L
     from hydra.utils import instantiate
 
-    from perfkit.run import guard_run_dir
+    from perfkit.run import RunDirectory
     from perfkit.train import _shapes_for
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
 
@@ -42,8 +42,7 @@ def run(cfg: DictConfig) -> Any:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run_dir = Path(cfg.paths.output_dir)
-    guard_run_dir(run_dir, precious=("tune.json",))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    RunDirectory(run_dir, precious=("tune.json",))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -77,6 +76,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_output_dir_overrides("perfkit.tune")
     _hydra_main()
 
 

@@ -1,0 +1,73 @@
+"""Reading a Lightning checkpoint a user points at: one clear line when it is not one, or not this model's.
+
+Lightning and torch would fail later with a traceback (``PytorchStreamReader failed reading zip
+archive``, ``Error(s) in loading state_dict``), after the data was loaded and the processes started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from perfkit.config import ConfigError
+
+
+def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
+    """The checkpoint at ``path`` (memory-mapped: cheap for large files), or :class:`ConfigError`
+    naming ``key`` (the setting that named the file) when it is empty, truncated or not a checkpoint."""
+    import torch
+
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is not a file: give the path of a .ckpt written by Lightning")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{key}: {path} is empty (0 bytes): the run that wrote it was cut off; use another")
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # legacy format
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{key}: {path} cannot be read as a checkpoint, it is truncated or not one ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (it has no 'state_dict')")
+    return checkpoint
+
+
+def check_fits(checkpoint: dict[str, Any], model: Any, key: str, path: Path) -> None:
+    """Refuse a checkpoint whose weights do not fit ``model``: another model, or other shapes."""
+    saved = _comparable(checkpoint["state_dict"])
+    expected = _comparable(model.state_dict())
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = sorted(name for name in set(saved) & set(expected) if saved[name] != expected[name])
+    if not (missing or unexpected or reshaped):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing, e.g. {', '.join(missing[:2])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unknown weight(s), e.g. {', '.join(unexpected[:2])}")
+    if reshaped:
+        name = reshaped[0]
+        problems.append(f"{len(reshaped)} of other shape, e.g. {name} {saved[name]} vs {expected[name]}")
+    raise ConfigError(
+        f"{key}: {path} holds another model's weights ({'; '.join(problems)}): give a checkpoint of this "
+        "model config, or the model=... it was trained with"
+    )
+
+
+def _comparable(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Weight names and shapes, with the wrappers that rename weights (torch.compile, pruning masks)
+    taken out."""
+    shapes = {}
+    for name, value in state.items():
+        if name.endswith("_mask"):
+            continue
+        clean = name.replace("_orig_mod.", "").removesuffix("_orig")
+        shapes[clean] = tuple(getattr(value, "shape", ()))
+    return shapes
