@@ -42,6 +42,7 @@ _WRAPPERS = re.compile(
 _SCHEDULE_KEYS = ("skip_first", "wait", "warmup", "active", "repeat")
 # hints fire above these fractions of step time
 _DATA_HINT, _COMMUNICATION_HINT, _OVERHEAD_HINT = 0.2, 0.2, 0.3
+_GPU_IDLE_HINT = 0.5  # below this GPU utilisation a step is launch- or CPU-bound
 
 
 # -- interval arithmetic on (start, end) pairs in microseconds ---------------------------------------
@@ -114,7 +115,14 @@ class Span:
 
 @dataclass
 class StepBreakdown:
-    """Where the profiled steps' wall time went; the four fractions add up to 1."""
+    """Where the profiled steps' wall time went; the fractions of :meth:`fractions` add up to 1.
+
+    On the CPU: data, compute (operators), communication, other. On an accelerator, the categories of
+    the TensorBoard profiler plugin's overview, each instant counted once in this order of priority:
+    kernel, memcpy, memset, communication, runtime (CUDA API calls: launches, copies, syncs), data,
+    cpu_exec (operators on the CPU while the GPU has nothing to do), other; ``device_busy`` is the
+    GPU utilisation (kernels, copies or memsets running) and ``compute`` equals ``kernel``.
+    """
 
     steps: int
     step_ms: float  # mean wall time per step
@@ -124,8 +132,21 @@ class StepBreakdown:
     other: float  # Python, framework and launch overhead; an idle accelerator
     communication_total: float = 0.0  # all collective time, including what overlapped compute
     device: str = "cpu"
+    kernel: float | None = None
+    memcpy: float | None = None
+    memset: float | None = None
+    runtime: float | None = None
+    cpu_exec: float | None = None
+    device_busy: float | None = None
+
+    @property
+    def on_accelerator(self) -> bool:
+        return self.device_busy is not None
 
     def fractions(self) -> dict[str, float]:
+        if self.on_accelerator:
+            names = ("kernel", "memcpy", "memset", "communication", "runtime", "data", "cpu_exec", "other")
+            return {name: float(getattr(self, name) or 0.0) for name in names}
         return {
             "data": self.data,
             "compute": self.compute,
@@ -139,9 +160,8 @@ def step_breakdown(spans: Sequence[Span], *, device: str = "cpu") -> StepBreakdo
 
     Steps are the ``ProfilerStep#N`` intervals, minus validation run inside them. On CPU, waiting for
     data is the time in the DataLoader's ``__next__``; compute is the time covered by any operator
-    (nested ones once); communication is collective time covered by neither. With an accelerator,
-    compute is the time its kernels run, communication is collective kernels not overlapping them, and
-    waiting for data counts only while the accelerator has nothing to do. The rest is "other".
+    (nested ones once); communication is collective time covered by neither. On an accelerator see
+    :func:`_accelerator_breakdown`. The rest is "other".
     """
     steps = [s for s in spans if not s.on_device and _STEP.match(s.name)]
     if not steps:
@@ -157,40 +177,103 @@ def step_breakdown(spans: Sequence[Span], *, device: str = "cpu") -> StepBreakdo
     def covered(select: Any) -> Intervals:
         return intersect(union((s.start_us, s.end_us) for s in spans if select(s)), window)
 
+    if device != "cpu":
+        return _accelerator_breakdown(spans, covered, total, len(steps), device)
     data = covered(lambda s: not s.on_device and _DATA.match(s.name))
     communication = covered(lambda s: bool(_COMMUNICATION.search(s.name)))
-    on_accelerator = device != "cpu"
-    if on_accelerator:
-        compute = covered(lambda s: s.on_device and not _COMMUNICATION.search(s.name))
-        exposed_communication = subtract(communication, compute)
-        data = subtract(data, union(compute + exposed_communication))
-    else:
-        compute = subtract(
-            covered(
-                lambda s: (
-                    not s.on_device
-                    and not s.annotation
-                    and not _WRAPPERS.match(s.name)
-                    and not _COMMUNICATION.search(s.name)
-                )
-            ),
-            data,  # collating a batch runs operators too: that is data loading
-        )
-        exposed_communication = subtract(subtract(communication, compute), data)
+    compute = subtract(
+        covered(lambda s: not s.on_device and _is_cpu_operator(s)),
+        data,  # collating a batch runs operators too: that is data loading
+    )
+    exposed_communication = subtract(subtract(communication, compute), data)
     busy = union(data + compute + exposed_communication)
-    fraction = {
-        "data": length(data) / total,
-        "compute": length(compute) / total,
-        "communication": length(exposed_communication) / total,
-    }
     return StepBreakdown(
         steps=len(steps),
         step_ms=total / len(steps) / 1e3,
-        **fraction,
+        data=length(data) / total,
+        compute=length(compute) / total,
+        communication=length(exposed_communication) / total,
         other=max(0.0, (total - length(busy)) / total),
         communication_total=length(communication) / total,
         device=device,
     )
+
+
+# CUDA/HIP runtime and driver API calls on the CPU: kernel launches, copies, synchronisations
+_RUNTIME = re.compile(r"^(cuda|cu|hip)[A-Z]")
+
+
+def _is_cpu_operator(span: Span) -> bool:
+    return (
+        not span.annotation
+        and not _WRAPPERS.match(span.name)
+        and not _COMMUNICATION.search(span.name)
+        and not _RUNTIME.match(span.name)
+    )
+
+
+def _accelerator_breakdown(
+    spans: Sequence[Span], covered: Any, total: float, steps: int, device: str
+) -> StepBreakdown:
+    """The TensorBoard profiler plugin's step-time split: each instant goes to the first of kernel,
+    memcpy, memset, communication, runtime, data, CPU execution that covers it, else to other.
+
+    Annotation ranges (``record_function`` labels and their ``gpu_user_annotation`` shadows on the
+    device timeline, e.g. ``Optimizer.step#AdamW.step``) wrap work and are never kernel time.
+    """
+    labels = {s.name for s in spans if s.annotation or _WRAPPERS.match(s.name)}
+
+    def device_work(span: Span) -> bool:
+        return span.on_device and not span.annotation and span.name not in labels
+
+    kernel = covered(
+        lambda s: device_work(s) and not _COPY.match(s.name) and not _COMMUNICATION.search(s.name)
+    )
+    memcpy = subtract(covered(lambda s: device_work(s) and s.name.lower().startswith("memcpy")), kernel)
+    memset = subtract(
+        covered(lambda s: device_work(s) and s.name.lower().startswith("memset")), union(kernel + memcpy)
+    )
+    busy = union(kernel + memcpy + memset)
+    communication_all = covered(lambda s: bool(_COMMUNICATION.search(s.name)) and s.name not in labels)
+    communication = subtract(communication_all, busy)
+    taken = union(busy + communication)
+    runtime = subtract(covered(lambda s: not s.on_device and bool(_RUNTIME.match(s.name))), taken)
+    taken = union(taken + runtime)
+    data = subtract(covered(lambda s: not s.on_device and _DATA.match(s.name)), taken)
+    taken = union(taken + data)
+    cpu_exec = subtract(covered(lambda s: not s.on_device and _is_cpu_operator(s)), taken)
+    taken = union(taken + cpu_exec)
+    share = {
+        name: length(part) / total
+        for name, part in (
+            ("kernel", kernel),
+            ("memcpy", memcpy),
+            ("memset", memset),
+            ("communication", communication),
+            ("runtime", runtime),
+            ("data", data),
+            ("cpu_exec", cpu_exec),
+        )
+    }
+    return StepBreakdown(
+        steps=steps,
+        step_ms=total / steps / 1e3,
+        data=share["data"],
+        compute=share["kernel"],
+        communication=share["communication"],
+        other=max(0.0, (total - length(taken)) / total),
+        communication_total=length(communication_all) / total,
+        device=device,
+        kernel=share["kernel"],
+        memcpy=share["memcpy"],
+        memset=share["memset"],
+        runtime=share["runtime"],
+        cpu_exec=share["cpu_exec"],
+        device_busy=length(busy) / total,
+    )
+
+
+_COPY = re.compile(r"^mem(cpy|set)", re.IGNORECASE)
 
 
 def hint(breakdown: StepBreakdown, *, num_workers: int | None = None) -> str | None:
@@ -205,6 +288,14 @@ def hint(breakdown: StepBreakdown, *, num_workers: int | None = None) -> str | N
         return (
             f"communication not hidden behind compute takes {breakdown.communication:.0%} of each step: "
             "sync less often (larger per-rank batch, trainer.accumulate_grad_batches) or use fewer, faster-linked ranks"
+        )
+    if breakdown.on_accelerator and (breakdown.device_busy or 0.0) < _GPU_IDLE_HINT:
+        return (
+            f"the GPU is busy only {breakdown.device_busy:.0%} of each step (kernels {breakdown.kernel:.0%}): "
+            f"it waits for the CPU (CUDA API calls {breakdown.runtime:.0%}, CPU operators "
+            f"{breakdown.cpu_exec:.0%}, other {breakdown.other:.0%}). The step is launch- or CPU-bound: a larger "
+            "batch, device-resident data (data.device_resident=true), CUDA graphs (optimize.compile=true "
+            "optimize.compile_mode=reduce-overhead) and fewer host syncs (.item(), printing tensors) help"
         )
     if breakdown.other > _OVERHEAD_HINT:
         where = "the accelerator is idle" if breakdown.device != "cpu" else "no operator runs"
@@ -241,7 +332,14 @@ def top_operators(events: Any, steps: int, limit: int) -> dict[str, list[Operato
         )
 
     rows = {"cpu": [row(e) for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:limit]]}
-    on_device = [e for e in averages if _self_device_us(e) > 0]
+    # a record_function label's device "time" is its gpu_user_annotation range, not kernel time
+    on_device = [
+        e
+        for e in averages
+        if _self_device_us(e) > 0
+        and not getattr(e, "is_user_annotation", False)
+        and not _WRAPPERS.match(e.key)
+    ]
     if on_device:
         rows["device"] = [row(e) for e in sorted(on_device, key=lambda e: -_self_device_us(e))[:limit]]
     return rows
@@ -535,8 +633,12 @@ def _mean_breakdown(measured: list[StepBreakdown]) -> StepBreakdown:
     count = len(measured)
 
     def mean(name: str) -> float:
-        return sum(getattr(b, name) for b in measured) / count
+        return sum(getattr(b, name) or 0.0 for b in measured) / count
 
+    accelerator = {
+        name: mean(name) if measured[0].on_accelerator else None
+        for name in ("kernel", "memcpy", "memset", "runtime", "cpu_exec", "device_busy")
+    }
     return StepBreakdown(
         steps=measured[0].steps,
         step_ms=mean("step_ms"),
@@ -546,7 +648,27 @@ def _mean_breakdown(measured: list[StepBreakdown]) -> StepBreakdown:
         other=mean("other"),
         communication_total=mean("communication_total"),
         device=measured[0].device,
+        **accelerator,
     )
+
+
+_CPU_LABELS = {
+    "data": "waiting for data",
+    "compute": "compute",
+    "communication": "communication (not hidden by compute)",
+    "other": "other (Python, framework, idle)",
+}
+# the TensorBoard profiler plugin's overview categories, in its order of priority
+_ACCELERATOR_LABELS = {
+    "kernel": "kernel (GPU computing)",
+    "memcpy": "memcpy (copies, GPU not computing)",
+    "memset": "memset",
+    "communication": "communication (not hidden by GPU work)",
+    "runtime": "runtime (CUDA API calls: launches, syncs; GPU idle)",
+    "data": "waiting for data (GPU idle)",
+    "cpu_exec": "CPU operators (GPU idle)",
+    "other": "other (Python, framework; GPU idle)",
+}
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:
@@ -563,13 +685,12 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             "| where the step time went | share |",
             "|---|---:|",
         ]
-        labels = {
-            "data": "waiting for data",
-            "compute": "compute",
-            "communication": "communication (not hidden by compute)",
-            "other": "other (Python, framework, idle)",
-        }
+        labels = _ACCELERATOR_LABELS if breakdown.get("device_busy") is not None else _CPU_LABELS
         lines += [f"| {label} | {breakdown[key]:.1%} |" for key, label in labels.items()]
+        if breakdown.get("device_busy") is not None:
+            lines.append(
+                f"| **GPU utilisation** (kernels, copies or memsets running) | {breakdown['device_busy']:.1%} |"
+            )
         if result["world_size"] > 1 or breakdown.get("communication_total"):
             lines.append(f"| all communication, overlapped or not | {breakdown['communication_total']:.1%} |")
         lines += [
@@ -606,10 +727,11 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     breakdown = result.get("breakdown")
     if breakdown is None:
         return ["profile: no profiled step completed (see the warning above)"]
-    shares = ", ".join(
-        f"{name} {breakdown[name]:.0%}" for name in ("data", "compute", "communication", "other")
-    )
-    lines = [f"profile: {breakdown['step_ms']:.1f} ms per step: {shares}"]
+    on_accelerator = breakdown.get("device_busy") is not None
+    names = _ACCELERATOR_LABELS if on_accelerator else _CPU_LABELS
+    shares = ", ".join(f"{name} {breakdown[name]:.0%}" for name in names if breakdown.get(name))
+    busy = f"GPU busy {breakdown['device_busy']:.0%}; " if on_accelerator else ""
+    lines = [f"profile: {breakdown['step_ms']:.1f} ms per step: {busy}{shares}"]
     operators = (
         result.get("top_operators", {}).get("device") or result.get("top_operators", {}).get("cpu") or []
     )

@@ -6,27 +6,30 @@ usage() {
     cat <<USAGE
 usage: scripts/bench_gpu.sh PRESET [OVERRIDE ...]
 
-quick, full: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
+quick, full, gpu: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
   report.json (which names the GPU), report.md and the plots to benchmarks/results/bench-PRESET-cuda/
   (a new dated directory if that one exists: never overwritten).
 parity: runs 'python -m benchmarks.parity --device cuda ARG ...' (perfkit.train against hand-written
   loops), writing benchmarks/results/train_parity-cuda.{json,md,png}.
 On a machine whose Python lacks perfkit's dependencies, wheels in .whl/ (scripts/device_wheels.sh .whl
 makes them) are installed first, into /tmp/site.
-Examples: scripts/bench_gpu.sh full bench.models=[resnet18,vit]
+gpu is the GPU-sized preset: ResNet-50 and ViT-B/16 at 224x224, batch 256, with MFU and a
+  hand-written PyTorch anchor row (about 10 minutes on one H100).
+Examples: scripts/bench_gpu.sh gpu
+          scripts/bench_gpu.sh full bench.models=[resnet18,vit]
           scripts/bench_gpu.sh parity --jobs default --rounds 10
 USAGE
 }
 
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
-    "") usage >&2; echo "error: PRESET is required (quick or full)" >&2; exit 2 ;;
+    "") usage >&2; echo "error: PRESET is required (quick, full, gpu or parity)" >&2; exit 2 ;;
 esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$preset" != parity ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: quick, full, parity" >&2
+    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"

@@ -278,7 +278,10 @@ def _bench_cfg(tmp_path: Path, *overrides: str) -> Any:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("bench.models=[cnn,lenet]", "unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit"),
+        (
+            "bench.models=[cnn,lenet]",
+            "unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16",
+        ),
         ("bench.variants=[eager,fp8]", "unknown variant 'fp8'; allowed: eager, compile, bf16"),
         ("device=tpu", "device 'tpu' is not valid; allowed: cpu, cuda, cuda:N"),
         ("bench.rounds=3", "at least 6 are needed"),
@@ -373,7 +376,7 @@ def test_cli_unknown_model_is_one_line_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "perfkit.bench: error: unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit"
+        "perfkit.bench: error: unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16"
     )
 
 
@@ -436,3 +439,98 @@ def test_a_variant_that_fails_to_build_is_a_failed_row(monkeypatch: pytest.Monke
     variants, skipped, failed = build_variants(prepared, torch.device("cpu"), spec)
     assert failed == {"compile": "RuntimeError: no message"} and not skipped
     assert set(variants) == {"eager", "compile"}
+
+
+# --- the GPU preset and model FLOPs utilisation -------------------------------------------------------
+def test_flops_of_a_linear_layer_are_counted_exactly() -> None:
+    from perfkit.bench.utilization import step_flops
+
+    layer, x = nn.Linear(16, 8, bias=False), torch.randn(4, 16)
+    assert step_flops(layer, (x,), "inference") == 2 * 4 * 16 * 8
+    assert step_flops(layer, (x,), "train") == 2 * 2 * 4 * 16 * 8  # forward and the weight's gradient
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+        ("NVIDIA H100 PCIe", "tf32", 378.0),
+        ("NVIDIA H200", "fp32", 66.9),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+        ("Some Future GPU", "bf16", None),
+    ],
+)
+def test_peak_table(name: str, precision: str, peak: float | None) -> None:
+    from perfkit.bench.utilization import peak_tflops
+
+    assert peak_tflops(name, precision) == peak
+
+
+def test_mfu_is_flops_over_time_over_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    import perfkit.bench.core as core
+    from perfkit.bench.utilization import step_flops
+
+    monkeypatch.setattr(core, "_MATMUL_RATES", {("cpu", "fp32"): 2.0, ("cpu", "bf16"): 4.0})
+    net, x = nn.Linear(64, 64), torch.randn(32, 64)
+    rows = core.measure_variants(
+        {"eager": net, "bf16": perfkit.bench.variants.Autocast(net)},
+        x,
+        model_name="linear",
+        device=torch.device("cpu"),
+        mode="inference",
+        rounds=6,
+        warmup=1,
+    )
+    flops = step_flops(net, (x,), "inference")
+    for row in rows:
+        assert row.tflops == pytest.approx(flops / (row.latency_ms_median / 1e3) / 1e12)  # type: ignore[operator]
+        reference = 4.0 if row.variant == "bf16" else 2.0
+        assert row.mfu_measured == pytest.approx(row.tflops / reference)  # type: ignore[operator]
+        assert row.mfu is None  # no datasheet peak for a CPU
+
+
+def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(tmp_path: Path) -> None:
+    """bench=gpu is one command on an H100; here its models and variants run small, as a check."""
+    cfg = _bench_cfg(
+        tmp_path,
+        "bench=gpu",
+        "device=cpu",
+        "bench.image_size=32",
+        "bench.batch_sizes=[2]",
+        "bench.rounds=6",
+        "bench.warmup=1",
+        "bench.data_options.num_samples=40",
+        "bench.models=[resnet50]",
+        "bench.variants=[eager,tf32,bf16_channels_last,cuda_graphs]",
+    )
+    report = run_bench(cfg)
+    assert {(r.variant, r.status) for r in report.rows} == {
+        ("eager", "ok"),
+        ("bf16_channels_last", "ok"),
+        ("tf32", "skipped"),
+        ("cuda_graphs", "skipped"),
+    }
+    eager = report.row("resnet50", "eager", mode="train")
+    assert eager.precision == "fp32" and eager.tflops and eager.mfu_measured
+    assert report.row("resnet50", "bf16_channels_last", mode="train").precision == "bf16"
+    assert set(report.config["matmul_tflops"]) == {"cpu/fp32", "cpu/bf16"}
+    assert "TFLOP/s (MFU)" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_hand_written_anchor_and_compiled_variants_run(tmp_path: Path) -> None:
+    cfg = _bench_cfg(
+        tmp_path,
+        "bench=gpu",
+        "device=cpu",
+        "bench.image_size=32",
+        "bench.batch_sizes=[2]",
+        "bench.rounds=6",
+        "bench.warmup=1",
+        "bench.data_options.num_samples=40",
+        "bench.models=[vit_b_16]",
+        "bench.variants=[eager,bf16_channels_last_compile,handwritten]",
+    )
+    report = run_bench(cfg)
+    assert {r.status for r in report.rows} == {"ok"}, [r.reason for r in report.rows]
+    assert report.row("vit_b_16", "handwritten", mode="train").precision == "bf16"

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from perfkit.profiling import (
     VALIDATION_LABEL,
@@ -85,6 +86,130 @@ def test_accelerator_breakdown_counts_data_wait_only_while_the_device_idles() ->
     assert result.data == pytest.approx(0.2)  # 0-20: the device had nothing to do
     assert result.other == pytest.approx(0.1)
     assert result.communication_total == pytest.approx(0.3)
+
+
+def _gpu_step(*work: Span) -> list[Span]:
+    """One 1000 us profiled step on a CUDA device, with an optimizer label on both timelines."""
+    return [
+        Span("ProfilerStep#1", 0, 1000, annotation=True),
+        Span("Optimizer.step#AdamW.step", 600, 1000, annotation=True),
+        Span("Optimizer.step#AdamW.step", 600, 1000, on_device=True),  # its gpu_user_annotation shadow
+        *work,
+    ]
+
+
+def test_an_idle_gpu_is_diagnosed_as_launch_bound() -> None:
+    """9.34 ms steps whose kernels ran 0.2 ms were reported as "compute 90.9%": now GPU busy 2%."""
+    launches = [Span("cudaLaunchKernel", 100 * i, 100 * i + 30) for i in range(10)]
+    operators = [Span("aten::addmm", 100 * i + 30, 100 * i + 80) for i in range(10)]
+    kernels = [Span("void gemm_kernel", 100 * i + 40, 100 * i + 42, on_device=True) for i in range(10)]
+    result = step_breakdown(_gpu_step(*launches, *operators, *kernels), device="cuda")
+    assert result is not None
+    assert result.kernel == pytest.approx(0.02) and result.device_busy == pytest.approx(0.02)
+    assert result.compute == result.kernel  # the annotation range is not kernel time
+    assert result.runtime == pytest.approx(0.3)
+    assert result.cpu_exec == pytest.approx(0.48)  # 50 us per launch less the 2 us kernels
+    assert result.other == pytest.approx(0.2)
+    assert sum(result.fractions().values()) == pytest.approx(1)
+    line = hint(result)
+    assert line is not None and "GPU is busy only 2%" in line and "reduce-overhead" in line
+    assert "device_resident" in line
+
+
+def test_a_busy_gpu_is_not_flagged() -> None:
+    kernels = [Span("void conv_kernel", 0, 480, on_device=True), Span("void gemm", 500, 990, on_device=True)]
+    launches = [Span("cudaLaunchKernel", 0, 5), Span("cudaLaunchKernel", 10, 15)]
+    result = step_breakdown(_gpu_step(*kernels, *launches), device="cuda")
+    assert result is not None
+    assert result.kernel == pytest.approx(0.97) and result.device_busy == pytest.approx(0.97)
+    assert result.runtime == pytest.approx(0.0)  # launches hidden behind running kernels
+    assert hint(result) is None
+
+
+def test_overlapping_copy_and_compute_count_once_with_kernels_first() -> None:
+    spans = _gpu_step(
+        Span("Memcpy HtoD (Pinned -> Device)", 0, 300, on_device=True),
+        Span("void conv_kernel", 200, 700, on_device=True),  # overlaps the copy for 100 us
+        Span("Memset (Device)", 650, 800, on_device=True),  # overlaps the kernel for 50 us
+        Span("cudaStreamSynchronize", 800, 900),  # the CPU waits; the GPU has nothing to do
+    )
+    result = step_breakdown(spans, device="cuda")
+    assert result is not None
+    assert (result.kernel, result.memcpy, result.memset) == pytest.approx((0.5, 0.2, 0.1))
+    assert result.device_busy == pytest.approx(0.8)
+    assert result.runtime == pytest.approx(0.1) and result.other == pytest.approx(0.1)
+
+
+def test_annotations_never_count_as_device_operators() -> None:
+    from types import SimpleNamespace
+
+    from perfkit.profiling import top_operators
+
+    def average(key: str, device_us: float, annotation: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(
+            key=key,
+            count=1,
+            self_cpu_time_total=10.0,
+            cpu_time_total=10.0,
+            self_device_time_total=device_us,
+            is_user_annotation=annotation,
+        )
+
+    events = SimpleNamespace(
+        key_averages=lambda: [
+            average("Optimizer.step#AdamW.step", 3190.0, annotation=True),
+            average("void gemm_kernel", 150.0),
+        ]
+    )
+    rows = top_operators(events, steps=1, limit=5)
+    assert [o.name for o in rows["device"]] == ["void gemm_kernel"]
+
+
+def test_the_accelerator_report_shows_gpu_utilisation() -> None:
+    from dataclasses import asdict
+
+    from perfkit.profiling import summary_lines, to_markdown
+
+    breakdown = step_breakdown(_gpu_step(Span("void k", 0, 100, on_device=True)), device="cuda")
+    assert breakdown is not None
+    result = {
+        "breakdown": asdict(breakdown),
+        "hint": hint(breakdown),
+        "world_size": 1,
+        "trace_dir": "t",
+        "trace_mb": 0.1,
+        "top_operators": {},
+    }
+    assert "| **GPU utilisation** (kernels, copies or memsets running) | 10.0% |" in to_markdown(result)
+    assert "GPU busy 10%" in summary_lines(result)[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_cuda_trace_of_a_tiny_model_is_launch_bound(
+    compose_train: ComposeTrain, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        *FAST,
+        "accelerator=cuda",
+        "profiler=pytorch",
+        "data=digits",
+        "model=mlp",
+        "logger=none",
+        "trainer.limit_train_batches=20",
+    )
+    train(cfg)
+    result = json.loads((tmp_path / "run" / "profile.json").read_text())
+    breakdown = result["breakdown"]
+    assert breakdown["device_busy"] is not None and breakdown["device_busy"] < 0.5
+    assert sum(
+        breakdown[k]
+        for k in ("kernel", "memcpy", "memset", "communication", "runtime", "data", "cpu_exec", "other")
+    ) == pytest.approx(1, abs=1e-6)
+    assert "GPU is busy only" in result["hint"]
+    assert all(
+        not o["name"].startswith(("Optimizer.", "ProfilerStep")) for o in result["top_operators"]["device"]
+    )
 
 
 def test_python_frames_and_labels_are_not_compute() -> None:

@@ -265,6 +265,87 @@ def test_cuda_graphs_are_a_measured_candidate_on_cuda_only(device: str, expected
         settings=TuneSettings(modes=["train", "inference"]),
         batch_size=64,
     )
+    tuner._larger_batch = lambda factor: Tuner._larger_batch(tuner, factor)  # type: ignore[arg-type]
     candidates = Tuner.candidates(tuner)  # type: ignore[arg-type]
     for mode in ("train", "inference"):
         assert {c.name for c in candidates if c.mode == mode and c.axis == "compile"} == expected
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "factor", "rule", "lr"), [("adamw", 4, "square-root", 0.002), ("sgd", 4, "linear", 0.04)]
+)
+def test_a_larger_batch_comes_with_a_scaled_learning_rate_and_warm_up(
+    optimizer: str, factor: int, rule: str, lr: float
+) -> None:
+    from functools import partial
+    from types import SimpleNamespace
+
+    import torch
+
+    from perfkit.models import MLP, ImageClassifier
+    from perfkit.tune.tuner import Tuner, TuneSettings
+
+    factory = (
+        partial(torch.optim.AdamW, lr=1e-3) if optimizer == "adamw" else partial(torch.optim.SGD, lr=0.01)
+    )
+    tuner = SimpleNamespace(
+        module=ImageClassifier(MLP, (1, 8, 8), 10, optimizer=factory),
+        settings=TuneSettings(accuracy_steps=60),
+        batch_size=64,
+    )
+    settings, description = Tuner._larger_batch(tuner, factor)  # type: ignore[arg-type]
+    assert settings == {"data.batch_size": 256, "optimizer.lr": pytest.approx(lr), "model.warmup_steps": 6}
+    assert rule in description
+
+
+def test_warm_up_ramps_the_learning_rate_per_step_then_holds_it() -> None:
+    from functools import partial
+
+    import torch
+
+    from perfkit.models import MLP, ImageClassifier
+
+    module = ImageClassifier(MLP, (1, 8, 8), 10, optimizer=partial(torch.optim.SGD, lr=0.1), warmup_steps=4)
+    [optimizer], [schedule] = module.configure_optimizers()
+    assert schedule["interval"] == "step"
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule["scheduler"].step()
+    assert rates == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+
+
+@pytest.mark.slow
+def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path: Path) -> None:
+    """tune.max_accuracy_drop holds for a whole training run, not only for the tuner's short ones."""
+    from tests.conftest import run_cli
+
+    common = ["accelerator=cpu", "logger=none", "trainer.enable_progress_bar=false"]
+    code, _, err = run_cli(
+        *common,
+        "tune.budget_s=150",
+        "tune.modes=[train]",
+        "hydra.run.dir=tune",
+        module="perfkit.tune",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    tuned = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    for outcome in tuned["candidates"]:  # a larger batch is judged by time to accuracy, with its lr
+        if outcome["axis"] == "batch_size" and outcome["speedup"] is not None:
+            assert outcome["time_to_accuracy_s"] is not None and "optimizer.lr" in outcome["settings"]
+    code, _, err = run_cli(*common, "hydra.run.dir=default", cwd=tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(
+        f"--config-dir={tmp_path / 'tune' / 'configs'}",
+        *common,
+        "experiment=tuned",
+        "hydra.run.dir=tuned",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    default = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    with_tuning = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    drop_points = 100 * (default["test"]["acc"] - with_tuning["test"]["acc"])
+    assert drop_points <= tuned["max_accuracy_drop"], (tuned["chosen"], default["test"], with_tuning["test"])

@@ -89,6 +89,8 @@ def measure_variants(
     skipped: Mapping[str, str] | None = None,
     failed: Mapping[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    optimizer: str = "sgd",
+    matmul_rates: dict[str, float] | None = None,
 ) -> list[Row]:
     """The rows of one (model, device, mode, batch size) cell. ``skipped`` and ``failed`` map the
     variants not to run to the reason (or the error that came up while building them)."""
@@ -118,7 +120,7 @@ def measure_variants(
             rows[name].status, rows[name].reason = "skipped", reason
             continue
         try:
-            steps[name] = step_function(model, inputs, device, mode, targets, loss_fn)
+            steps[name] = step_function(model, inputs, device, mode, targets, loss_fn, optimizer)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 steps[name]()  # the first call: compilation, and any error the model raises
@@ -157,7 +159,13 @@ def measure_variants(
             ratio = speedup(timings[baseline], timing)
             row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
             row.speedup_ci_low, row.speedup_ci_high = ratio.ci_low, ratio.ci_high
+    rates = utilization(rows, variants, inputs, device, mode)
+    if matmul_rates is not None:
+        matmul_rates.update(rates)
     return list(rows.values())
+
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def step_function(
@@ -167,29 +175,82 @@ def step_function(
     mode: str,
     targets: torch.Tensor | None = None,
     loss_fn: LossFunction = F.cross_entropy,
+    optimizer: str = "sgd",
 ) -> Callable[[], Any]:
-    """A zero-argument call of one inference pass or one training step, inputs already on ``device``."""
+    """A zero-argument call of one inference pass or one training step, inputs already on ``device``.
+
+    Training steps use SGD, or ``optimizer="adamw"``: torch's fused AdamW (what a tuned hand-written
+    loop uses). A variant with ``float32_matmul_precision`` (TF32) gets it around the whole step.
+    """
+    from perfkit.bench.utilization import float32_matmul
+
     inputs = tuple(t.to(device) for t in inputs)
+    precision = getattr(model, "float32_matmul_precision", "fp32")
     if mode == "inference":
         model = model.to(device).eval()
 
         def infer() -> Any:
-            with torch.inference_mode():
+            with torch.inference_mode(), float32_matmul(precision):
                 return model(*inputs)
 
         return infer
     if targets is None:
         raise ValueError("mode='train' needs targets")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     trained = copy.deepcopy(model).to(device).train()
     labels = targets.to(device)
-    optimizer = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=1e-3)
+    parameters = [p for p in trained.parameters() if p.requires_grad]
+    update = (
+        torch.optim.AdamW(parameters, lr=1e-3, fused=True)
+        if optimizer == "adamw"
+        else torch.optim.SGD(parameters, lr=1e-3)
+    )
 
     def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(trained(*inputs), labels).backward()
-        optimizer.step()
+        with float32_matmul(precision):
+            update.zero_grad(set_to_none=True)
+            loss_fn(trained(*inputs), labels).backward()
+            update.step()
 
     return train_step
+
+
+def utilization(
+    rows: Mapping[str, Row],
+    variants: Mapping[str, nn.Module],
+    inputs: tuple[torch.Tensor, ...],
+    device: torch.device,
+    mode: str,
+) -> dict[str, float]:
+    """Fill each measured row's TFLOP/s and MFU; return the measured matmul rates used."""
+    from perfkit.bench.utilization import matmul_tflops, peak_tflops, step_flops
+    from perfkit.bench.variants import eager_network, precision_of
+
+    counted: dict[int, int | None] = {}
+    for variant, row in rows.items():
+        if not row.ok or row.latency_ms_median is None:
+            continue
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        network = eager_network(variants[variant])
+        if id(network) not in counted:
+            counted[id(network)] = step_flops(network, tuple(t.to(device) for t in inputs), mode)
+        flops = counted[id(network)]
+        if not flops:
+            continue
+        row.precision = precision_of(variant)
+        row.tflops = flops / (row.latency_ms_median / 1e3) / 1e12
+        peak = peak_tflops(name, row.precision) if name else None
+        row.mfu = row.tflops / peak if peak else None
+        key = (device.type, row.precision)
+        if key not in _MATMUL_RATES:
+            _MATMUL_RATES[key] = matmul_tflops(device, row.precision)
+        row.mfu_measured = row.tflops / _MATMUL_RATES[key]
+    return {f"{device.type}/{p}": rate for (kind, p), rate in _MATMUL_RATES.items() if kind == device.type}
+
+
+# measured once per process: a large matmul's TFLOP/s per (device type, precision)
+_MATMUL_RATES: dict[tuple[str, str], float] = {}
 
 
 def accuracy(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device) -> float:

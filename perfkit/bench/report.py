@@ -41,6 +41,10 @@ class Row:
     speedup_ci_high: float | None = None
     speedup_p10: float | None = None
     speedup_p90: float | None = None
+    precision: str | None = None  # what the matmuls run in: bf16, tf32, fp32
+    tflops: float | None = None  # model FLOPs per step / median latency
+    mfu: float | None = None  # tflops / the datasheet's dense peak for that precision (known GPUs)
+    mfu_measured: float | None = None  # tflops / this machine's measured large-matmul rate
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -192,8 +196,9 @@ class BenchmarkReport:
         for (device, mode, batch), rows in self.sections():
             lines += [f"## {mode}, {device}, batch {batch}", ""]
             lines += [
-                "| model | variant | latency ms | samples/s | speed-up | peak memory | size | parameters | test acc |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| model | variant | latency ms | samples/s | speed-up | TFLOP/s (MFU) | peak memory | size "
+                "| parameters | test acc |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             lines += [_table_row(r) for r in rows]
             lines.append("")
@@ -208,6 +213,20 @@ class BenchmarkReport:
             for (device, status, reason), rows in others.items():
                 lines.append(f"| {device} | {status} | {reason} | {_describe_rows(rows, everything)} |")
             lines.append("")
+        rates = self.config.get("matmul_tflops")
+        if rates:
+            lines += [
+                "MFU: model FLOPs per step (torch.utils.flop_counter) / latency / the datasheet's dense peak for "
+                "the row's precision; in brackets, against this machine's measured large-matmul rate ("
+                + ", ".join(f"{key}: {value:.1f} TFLOP/s" for key, value in rates.items())
+                + ").",
+                "",
+            ]
+        from perfkit.bench.variants import DESCRIPTIONS
+
+        present = [v for v in _ordered(r.variant for r in self.rows) if v in DESCRIPTIONS]
+        if present:
+            lines += ["## Variants", "", *(f"- `{v}`: {DESCRIPTIONS[v]}" for v in present), ""]
         notes = sorted({f"{r.model}/{r.variant}: {n}" for r in self.rows for n in r.notes})
         if notes:
             lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
@@ -337,9 +356,21 @@ def _table_row(r: Row) -> str:
     parameters = "n/a" if r.parameters is None else f"{r.parameters:,}"
     accuracy = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"
     return (
-        f"| {r.model} | {r.variant} | {latency} | {r.throughput:,.0f} | {speed} | {memory} | {size} "
-        f"| {parameters} | {accuracy} |"
+        f"| {r.model} | {r.variant} | {latency} | {r.throughput:,.0f} | {speed} | {_utilization(r)} | {memory} "
+        f"| {size} | {parameters} | {accuracy} |"
     )
+
+
+def _utilization(r: Row) -> str:
+    """'330 (33.4% of bf16 peak) [41.2%]': achieved TFLOP/s, MFU against the peak and the matmul rate."""
+    if r.tflops is None:
+        return "n/a"
+    text = f"{r.tflops:.3g}"
+    if r.mfu is not None:
+        text += f" ({r.mfu:.1%} of {r.precision} peak)"
+    if r.mfu_measured is not None:
+        text += f" [{r.mfu_measured:.1%}]"
+    return text
 
 
 def _describe_rows(rows: list[Row], all_variants: list[str]) -> str:

@@ -46,6 +46,9 @@ class BenchConfig:
     data: str = "mnist"
     train_epochs: int = 2
     finetune_epochs: int = 1
+    optimizer: str = "sgd"  # of the timed training step: sgd, or adamw (torch's fused AdamW)
+    image_size: int | None = None  # overrides the dataset's (data.image_size), e.g. to shrink bench=gpu
+    data_options: dict[str, Any] = field(default_factory=dict)  # more data.* overrides
 
     @classmethod
     def from_config(cls, node: DictConfig, device: str | None = None) -> BenchConfig:
@@ -95,9 +98,25 @@ class BenchConfig:
             raise ConfigError(f"prune_amount must be in (0, 1), got {self.prune_amount}")
         if self.train_epochs < 0 or self.finetune_epochs < 0:
             raise ConfigError("train_epochs and finetune_epochs must be >= 0")
+        from perfkit.bench.core import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r} is not valid; allowed: {', '.join(OPTIMIZERS)}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
+            raise ConfigError(f"image_size must be null or an integer >= 1, got {self.image_size!r}")
+        perfkit_models = {"cnn", "mlp", "resnet18", "vit"}
+        if self.train_epochs and not set(self.models) <= perfkit_models:
+            others = ", ".join(sorted(set(self.models) - perfkit_models))
+            raise ConfigError(f"models {others} have no training config: use train_epochs=0 (random weights)")
         datasets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
         if self.data not in datasets:
             raise ConfigError(f"data={self.data!r} is not a dataset config; allowed: {', '.join(datasets)}")
+
+    @property
+    def data_overrides(self) -> list[str]:
+        """``data.*`` overrides for the dataset config (image size and any data_options)."""
+        options = {**self.data_options, **({"image_size": self.image_size} if self.image_size else {})}
+        return [f"data.{key}={value}" for key, value in options.items()]
 
     @property
     def cells_per_model(self) -> int:
@@ -224,6 +243,8 @@ def _measure_device(
                 skipped=skipped,
                 failed=failed,
                 progress=tick,
+                optimizer=spec.optimizer,
+                matmul_rates=report.config.setdefault("matmul_tflops", {}),
             )
             bar.update(spec.rounds - ticks)  # a cell with nothing to time ticks no rounds
             for row in rows:
@@ -243,6 +264,8 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
     from perfkit.optimize import finetune
     from perfkit.train import train
 
+    if not spec.train_epochs:
+        return _untrained(name, spec)
     accelerator = (
         "gpu" if torch.cuda.is_available() and any(d.startswith("cuda") for d in spec.devices) else "cpu"
     )
@@ -256,7 +279,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
         "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false",
     ]
-    run_cfg = compose_config("train", overrides)
+    run_cfg = compose_config("train", [*overrides, *spec.data_overrides])
     OmegaConf.update(run_cfg, "paths.output_dir", str(run_dir), force_add=True)
     notes: dict[str, list[str]] = {}
     with _quiet_lightning(run_dir):
@@ -287,9 +310,27 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
                 notes = {"prune_channels": [note], "compile_channels": [note]}
     if spec.train_epochs and "prune_unstructured" in spec.variants:
         notes["prune_unstructured"] = ["not fine-tuned: training would refill the zeroed weights"]
-    if not spec.train_epochs:
-        log.info("%s: random weights (bench.train_epochs=0): speed only, no accuracy", name)
-    return Prepared(name, net, channels, test_batches, bool(spec.train_epochs), notes)
+    return Prepared(name, net, channels, test_batches, True, notes)
+
+
+def _untrained(name: str, spec: BenchConfig) -> Prepared:
+    """Random weights (``train_epochs=0``): speed only, no accuracy; any network of
+    :data:`~perfkit.bench.variants.MODELS`, torchvision's ResNet-50 and ViT-B/16 included."""
+    from hydra.utils import instantiate
+
+    from perfkit.bench.variants import network
+
+    datamodule = instantiate(compose_config("train", [f"data={spec.data}", *spec.data_overrides]).data)
+    datamodule.setup("fit")
+    test_batches = list(datamodule.test_dataloader())
+    net = network(name, tuple(datamodule.input_shape), datamodule.num_classes).eval()
+    channels = None
+    if {"prune_channels", "compile_channels"} & set(spec.variants):
+        channels = prune(
+            net, amount=spec.prune_amount, method="channels", example_inputs=test_batches[0][0][:1]
+        )
+    log.info("%s: random weights (bench.train_epochs=0): speed only, no accuracy", name)
+    return Prepared(name, net, channels, test_batches, False, {})
 
 
 def build_variants(

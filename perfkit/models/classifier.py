@@ -25,6 +25,7 @@ class ImageClassifier(L.LightningModule):
     ``net`` is a module or a factory called as ``net(input_shape, num_classes)``; the training script
     fills ``input_shape`` and ``num_classes`` from the datamodule. ``optimizer`` and ``scheduler`` are
     factories (Hydra ``_partial_`` configs), defaulting to AdamW(lr=1e-3) and no schedule.
+    ``warmup_steps`` ramps the learning rate up linearly over the first optimizer steps.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -45,6 +47,9 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
         self.example_input_array = torch.zeros(2, *input_shape)
         # Per-step cost matters on a GPU: no argument validation and no NaN check (each is a host
         # sync), and metrics accumulate with update() and are logged once per epoch.
@@ -102,9 +107,19 @@ class ImageClassifier(L.LightningModule):
         optimizer = (
             self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
         )
-        if self.scheduler_factory is None:
+        schedulers = []
+        if self.warmup_steps:
+            # linear warm-up per optimizer step, chained with any epoch schedule (what perfkit.tune pairs
+            # with a larger batch's larger learning rate)
+            warmup = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0 / (self.warmup_steps + 1), total_iters=self.warmup_steps
+            )
+            schedulers.append({"scheduler": warmup, "interval": "step"})
+        if self.scheduler_factory is not None:
+            schedulers.append({"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"})
+        if not schedulers:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return [optimizer], schedulers
 
 
 def _logs_this_step(module: L.LightningModule) -> bool:

@@ -5,8 +5,9 @@ size, ...). It is measured against the baseline side by side; the rules:
 
 - a gain counts only when the 95% confidence interval of the paired speed-up lies above 1: a gain
   smaller than the measured noise is no gain, and a slower setting is never recommended;
-- a setting that changes numerics must keep held-out accuracy within ``max_accuracy_drop`` points
-  of the baseline's after the same short run;
+- a setting that changes numerics (a batch size with its learning rate, a precision) is timed to the
+  baseline's held-out accuracy (less ``max_accuracy_drop`` points), from the same initial weights and
+  samples: its speed-up is the ratio of those times, and one that never gets there is rejected;
 - per axis the accepted candidate with the largest median speed-up wins; none accepted keeps the
   default.
 
@@ -52,6 +53,11 @@ class Outcome:
     baseline_samples_per_s: float | None = None
     accuracy: float | None = None
     baseline_accuracy: float | None = None
+    # settings that change numerics: time to reach the baseline's held-out accuracy, and the
+    # optimizer steps (baseline, candidate) that took; their ratio is then the speed-up
+    time_to_accuracy_s: float | None = None
+    baseline_time_to_accuracy_s: float | None = None
+    steps_to_accuracy: tuple[int, int] | None = None
     seconds: float = 0.0  # what measuring it cost
 
     @property
@@ -76,6 +82,9 @@ class Outcome:
             "accuracy": self.accuracy,
             "baseline_accuracy": self.baseline_accuracy,
             "accuracy_drop_points": self.accuracy_drop_points,
+            "time_to_accuracy_s": self.time_to_accuracy_s,
+            "baseline_time_to_accuracy_s": self.baseline_time_to_accuracy_s,
+            "steps_to_accuracy": list(self.steps_to_accuracy) if self.steps_to_accuracy else None,
             "changes_numerics": c.changes_numerics,
             "seconds": round(self.seconds, 2),
         }
@@ -83,8 +92,8 @@ class Outcome:
 
 def decide(outcome: Outcome, max_accuracy_drop: float) -> Outcome:
     """Set ``outcome.status`` and ``reason`` from its measurements (see the module's rules)."""
-    if outcome.status in (FAILED, SKIPPED) and outcome.speedup is None:
-        return outcome
+    if outcome.status in (FAILED, SKIPPED, REJECTED) and outcome.speedup is None:
+        return outcome  # skipped, failed, or rejected while measuring (never reached the accuracy)
     speed, low, high = outcome.speedup, outcome.ci_low, outcome.ci_high
     if speed is None or low is None or high is None or math.isnan(low) or math.isnan(high):
         outcome.status, outcome.reason = REJECTED, "too few rounds for a confidence interval"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class TuneResult:
     budget_s: float
     device: str
     environment: dict[str, Any] = field(default_factory=dict)
+    max_accuracy_drop: float = 0.5  # points: what every recommendation was held to
 
 
 # priors that only order the candidates (largest expected gain per second of measuring first)
@@ -116,6 +118,8 @@ class Tuner:
         self.batch_size = len(self.train_batches[0][0])
         self.initial_state = copy.deepcopy(module.state_dict())
         self._trained: dict[str, Any] = {}  # the short runs, by training setting
+        self._curves: dict[str, list[tuple[int, float]]] = {}  # accuracy while training, by setting
+        self._pool: tuple[torch.Tensor, ...] | None = None
 
     # -- candidates -----------------------------------------------------------------------------
 
@@ -139,7 +143,8 @@ class Tuner:
             factor = 2
             while factor <= self.settings.max_batch_factor:
                 size = self.batch_size * factor
-                add("train", "batch_size", str(size), {"data.batch_size": size})
+                settings, rule = self._larger_batch(factor)
+                add("train", "batch_size", f"{size} ({rule})", settings, numerics=True)
                 factor *= 2
             add("train", "precision", "bf16-mixed", {"precision": "bf16-mixed"}, numerics=True)
             if cuda:
@@ -170,6 +175,24 @@ class Tuner:
                 add("inference", "pruning", f"channels {amount:g}", {"prune_channels": amount}, numerics=True)
             add("inference", "precision", "bf16", {"precision": "bf16"}, numerics=True)
         return found
+
+    def _larger_batch(self, factor: int) -> tuple[dict[str, Any], str]:
+        """A batch ``factor`` times larger takes fewer optimizer steps per epoch: the learning rate grows
+        with it (linear scaling for SGD, square-root for adaptive optimizers such as Adam), ramped up
+        linearly over the first steps where the module supports a warm-up."""
+        optimizer = _optimizer(copy.deepcopy(self.module))
+        base_lr = float(optimizer.param_groups[0]["lr"])
+        linear = type(optimizer).__name__ in ("SGD",)
+        lr = base_lr * (factor if linear else factor**0.5)
+        settings: dict[str, Any] = {
+            "data.batch_size": self.batch_size * factor,
+            "optimizer.lr": float(f"{lr:.4g}"),
+        }
+        rule = f"lr {settings['optimizer.lr']:g}, {'linear' if linear else 'square-root'} scaling"
+        if hasattr(self.module, "warmup_steps"):
+            settings["model.warmup_steps"] = max(1, self.settings.accuracy_steps // 10)
+            rule += f", {settings['model.warmup_steps']}-step warm-up"
+        return settings, rule
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -223,13 +246,16 @@ class Tuner:
             budget_s=self.settings.budget_s,
             device=str(self.device),
             environment=environment(),
+            max_accuracy_drop=self.settings.max_accuracy_drop,
         )
 
     def _final(self, mode: str, keys: dict[str, Any]) -> Outcome:
         """The chosen settings together against the defaults, side by side."""
         from perfkit.tune.selection import decide
 
-        candidate = Candidate(mode, "together", "+".join(f"{k}={v}" for k, v in keys.items()), keys)
+        numerics = any(key in keys for key in ("data.batch_size", "precision", "optimizer.lr"))
+        name = "+".join(f"{k}={v}" for k, v in keys.items())
+        candidate = Candidate(mode, "together", name, keys, changes_numerics=numerics)
         try:
             outcome = self._measure(candidate)
         except Exception as error:
@@ -316,9 +342,99 @@ class Tuner:
             )
         outcome = _paired(candidate, timings["baseline"], base_size, timings["candidate"], size)
         if candidate.changes_numerics:
-            outcome.baseline_accuracy = self._short_run({})
-            outcome.accuracy = self._short_run(candidate.settings)
+            self._time_to_accuracy(outcome, timings["baseline"], timings["candidate"])
         return outcome
+
+    def _time_to_accuracy(self, outcome: Outcome, base: Timing, timing: Timing) -> None:
+        """Judge a setting that changes the numerics by the time it takes to reach the baseline's
+        held-out accuracy from the same initial weights and samples (MLPerf Training's rule), not by
+        samples/s: a larger batch takes fewer, and different, optimizer steps."""
+        import statistics
+
+        keys = outcome.candidate.settings
+        base_curve = self._curve({}, self.settings.accuracy_steps, None)
+        baseline_accuracy = base_curve[-1][1]
+        target = baseline_accuracy - self.settings.max_accuracy_drop / 100
+        base_steps = next(step for step, accuracy in base_curve if accuracy >= target)
+        size = int(keys.get("data.batch_size", self.batch_size))
+        # up to twice the baseline's samples: a larger batch may need more epochs, not unlimited ones
+        cap = max(1, math.ceil(2 * self.settings.accuracy_steps * self.batch_size / size))
+        curve = self._curve(keys, cap, target)
+        reached = next((step for step, accuracy in curve if accuracy >= target), None)
+        outcome.baseline_accuracy = baseline_accuracy
+        outcome.accuracy = max(accuracy for _, accuracy in curve)
+        outcome.baseline_time_to_accuracy_s = statistics.median(base.seconds) * base_steps
+        if reached is None:
+            outcome.status = REJECTED
+            outcome.speedup = outcome.ci_low = outcome.ci_high = None
+            outcome.reason = (
+                f"never reached the baseline's held-out accuracy {target:.3f} within {cap} steps "
+                f"(twice its samples; best {outcome.accuracy:.3f})"
+            )
+            return
+        outcome.accuracy = next(accuracy for step, accuracy in curve if step == reached)
+        outcome.time_to_accuracy_s = statistics.median(timing.seconds) * reached
+        ratios = [(b * base_steps) / (c * reached) for b, c in zip(base.seconds, timing.seconds, strict=True)]
+        outcome.speedup = statistics.median(ratios)
+        outcome.ci_low, outcome.ci_high = median_confidence_interval(ratios)
+        outcome.steps_to_accuracy = (base_steps, reached)
+
+    def _curve(self, keys: dict[str, Any], steps: int, target: float | None) -> list[tuple[int, float]]:
+        """Held-out accuracy every few optimizer steps while training a fresh copy under ``keys`` (the
+        learning rate and warm-up they set included), stopping once ``target`` is reached."""
+        cache_key = repr(sorted(keys.items()))
+        if cache_key in self._curves:
+            return self._curves[cache_key]
+        module = self._fresh_module({k: v for k, v in keys.items() if k != "optimize.compile"})
+        optimizer = _optimizer(module)
+        lr = float(keys.get("optimizer.lr", optimizer.param_groups[0]["lr"]))
+        warmup = int(keys.get("model.warmup_steps", 0))
+        size = int(keys.get("data.batch_size", self.batch_size))
+        autocast = _autocast(keys.get("precision"), self.device)
+        every = max(1, steps // 12)
+        curve: list[tuple[int, float]] = []
+        with _quiet():
+            for step, batch in enumerate(self._stream(size, steps), start=1):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * min(1.0, step / (warmup + 1)) if warmup else lr
+                module.train()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    loss = _loss(module.training_step(_to_device(batch, self.device), step))
+                loss.backward()
+                optimizer.step()
+                if step % every == 0 or step == steps:
+                    curve.append((step, self._accuracy(module, keys.get("precision"))))
+                    if target is not None and curve[-1][1] >= target:
+                        break
+        self._curves[cache_key] = curve
+        return curve
+
+    def _stream(self, size: int, steps: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``steps`` batches of ``size`` drawn in one fixed order from a pool of real training samples,
+        so every batch size sees the same samples in the same order."""
+        pool = self._sample_pool()
+        count = len(pool[0])
+        for step in range(steps):
+            index = torch.arange(step * size, (step + 1) * size) % count
+            yield tuple(t[index] for t in pool)
+
+    def _sample_pool(self) -> tuple[torch.Tensor, ...]:
+        """Training samples for the accuracy runs: twice the baseline run's, at most 256 MB."""
+        if self._pool is None:
+            wanted = 2 * self.settings.accuracy_steps * self.batch_size
+            first = self.train_batches[0][0]
+            limit = max(len(first), (256 << 20) // max(1, first[0].numel() * first.element_size()))
+            batches: list[tuple[torch.Tensor, ...]] = []
+            while sum(len(b[0]) for b in batches) < min(wanted, limit):
+                fresh = _take(self.datamodule.train_dataloader(), 10_000)
+                batches += [tuple(b[:2]) for b in fresh]
+                if not fresh or len(batches) > 100_000:
+                    break
+            self._pool = tuple(
+                torch.cat(list(column))[: min(wanted, limit)] for column in zip(*batches, strict=True)
+            )
+        return self._pool
 
     def _short_run(self, keys: dict[str, Any]) -> float:
         """Held-out accuracy after ``accuracy_steps`` optimizer steps from the initial weights."""

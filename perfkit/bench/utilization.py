@@ -1,0 +1,96 @@
+"""Model FLOPs utilisation (MFU): the FLOPs a step needs, over its time, over what the hardware can do.
+
+FLOPs are counted with ``torch.utils.flop_counter`` on the eager network (the model's arithmetic, the
+same for every variant that computes the same function). Two references: the datasheet's dense peak
+for the row's precision (a table of known GPUs), and the rate this machine measured for one large
+matmul in that precision (on a CPU, the only reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+# dense (no sparsity) peak TFLOP/s from the vendors' datasheets: bf16, tf32, fp32
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM (80GB HBM3)
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
+    "L4": {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "A10G": {"bf16": 70.0, "tf32": 35.0, "fp32": 31.2},
+}
+_DTYPES = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32}
+
+
+def step_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], mode: str) -> int | None:
+    """FLOPs of one inference pass or one training step (forward and backward) of ``model``; None
+    when the counter can't run it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            if mode == "inference":
+                with torch.no_grad():
+                    model(*inputs)
+            else:
+                output = model(*inputs)
+                output.float().sum().backward()
+                model.zero_grad(set_to_none=True)
+    except Exception:
+        return None
+    return int(counter.get_total_flops())
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The datasheet's dense peak for a GPU named ``device_name`` (e.g. "NVIDIA H100 80GB HBM3")."""
+    for key, peaks in PEAK_TFLOPS.items():  # ordered: "H100 PCIe" before "H100"
+        if key.lower() in device_name.lower():
+            return peaks.get(precision)
+    return None
+
+
+def matmul_tflops(device: torch.device, precision: str, size: int | None = None, repeats: int = 10) -> float:
+    """TFLOP/s this device reaches on one ``size``³ matmul in ``precision`` (median of ``repeats``)."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=_DTYPES[precision])
+    b = torch.randn(size, size, device=device, dtype=_DTYPES[precision])
+    with float32_matmul(precision):
+        times = _times(lambda: a @ b, device, repeats)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def _times(call: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
+    call()  # warm-up: kernel selection
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+@contextlib.contextmanager
+def float32_matmul(precision: str) -> Iterator[None]:
+    """TF32 for float32 matmuls and convolutions inside the block when ``precision == "tf32"``."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    if precision == "tf32":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
