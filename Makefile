@@ -9,7 +9,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.perfkit-installed
 
-.PHONY: help install train test test-all bench bench-suites lint docs format clean
+# The oldest torch the fast suite passed on (pyproject.toml's floor): `make test-floor` checks it again.
+FLOOR_TORCH ?= 2.11.0
+FLOOR_TORCHVISION ?= 0.26.0
+FLOOR_VENV ?= .venv-floor
+
+.PHONY: help install train test test-floor test-all bench bench-suites lint docs format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,6 +32,13 @@ train: install ## run the default training job (bundled MNIST digits, small CNN)
 
 test: install ## run the fast test suite with coverage (the default; < 5 min on 2 cores)
 	$(BIN)/pytest $(ARGS)
+
+test-floor: ## the fast suite on the oldest supported torch (FLOOR_TORCH), in $(FLOOR_VENV)
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	@$(FLOOR_VENV)/bin/python -c "import torch, torchvision, sys; sys.exit(not torch.__version__.startswith('$(FLOOR_TORCH)'))" 2>/dev/null \
+		|| $(FLOOR_VENV)/bin/pip install -q torch==$(FLOOR_TORCH) torchvision==$(FLOOR_TORCHVISION)
+	$(FLOOR_VENV)/bin/pip install -q -e ".[dev]"
+	$(FLOOR_VENV)/bin/pytest --no-cov -q $(ARGS)
 
 test-all: install ## also run the slow and multi-process tests
 	$(BIN)/pytest -m "not gpu" $(ARGS)

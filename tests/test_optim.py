@@ -295,3 +295,19 @@ def test_transforms_compose_and_reports_accumulate() -> None:
     assert math.isclose(first.params_after, second.params_before)
     assert reports(pruned) == [first]  # the intermediate model keeps its own history
     assert "| parameters |" in second.to_markdown() and second.to_dict()["size_ratio"] > 3
+
+
+def test_a_flop_count_before_the_first_call_does_not_leave_the_model_eager() -> None:
+    """Lightning's model summary counts FLOPs under a TorchDispatchMode before training; torch 2.11's
+    dynamo skipped a frame first seen under one for good, so optimize.compile ran eager there."""
+    from torch._dynamo.utils import counters
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counters.clear()
+    compiled = perfkit.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), backend="eager")
+    x = torch.ones(2, 4)
+    with FlopCounterMode(display=False), torch.no_grad():
+        compiled(x)  # runs eager: no frame is traced under the mode
+    assert not counters["stats"]["unique_graphs"]
+    compiled(x)
+    assert counters["stats"]["unique_graphs"] == 1

@@ -19,7 +19,8 @@ MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-aut
 class EagerFallback:
     """Calls ``compiled``; if that raises, calls ``eager`` and, if eager works, stays eager from then on.
 
-    Compilation happens at the first call, so that is where a compiler failure shows. The warning
+    Compilation happens at the first call made outside any ``TorchDispatchMode`` (calls under one,
+    such as a FLOP count, run eager), so that is where a compiler failure shows. The warning
     carries the compiler's reason (also kept in ``reason``). An error that eager raises too is the
     caller's (a wrong input, say) and is raised as is.
     """
@@ -36,7 +37,7 @@ class EagerFallback:
         self.reason: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.reason is not None:
+        if self.reason is not None or _dispatch_mode_active():
             return self.eager(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
@@ -130,6 +131,15 @@ def compile(
     report = measure(f"compile(mode={mode}, backend={backend})", model, compiled, Counter(), notes)
     attach(compiled, model, report)
     return compiled
+
+
+def _dispatch_mode_active() -> bool:
+    """Whether a ``TorchDispatchMode`` (a FLOP counter: Lightning's model summary runs the forward
+    under one) is active. torch 2.11's dynamo skips a frame first called under one and then runs it
+    eager for good, so the compiled call waits for a call outside any mode."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
 
 
 def _first_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def run(cfg: DictConfig) -> Any:
     model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
     with progress_bar() as report_progress:
         result = Tuner(model, datamodule, settings, progress=report_progress).run()
+    verify_full_run(cfg, result, run_dir)
     written = write_outputs(result, run_dir)
     for mode, keys in result.chosen.items():
         final = result.final.get(mode)
@@ -62,6 +64,62 @@ def run(cfg: DictConfig) -> Any:
         run_dir / "configs",
     )
     return result
+
+
+# training keys that change what the model learns (the others only change how fast it runs)
+NUMERICS_KEYS = ("data.batch_size", "optimizer.lr", "model.warmup_steps", "precision")
+
+
+def verify_full_run(cfg: DictConfig, result: Any, run_dir: Path) -> None:
+    """Train the whole job twice with ``perfkit.train``, with the defaults and with the chosen training
+    settings, and keep the settings that change numerics only if test accuracy stays within
+    ``tune.max_accuracy_drop``: the tuner's short runs predict a full run, this checks it.
+
+    Skipped, and said so in the report, when the default run alone took more than the budget left.
+    """
+    from perfkit.train import train
+
+    chosen = result.chosen.get("train", {})
+    numerics = {key: value for key, value in chosen.items() if key in NUMERICS_KEYS}
+    if not numerics:
+        return
+    base: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    base.pop("tune", None)
+    runs: dict[str, float] = {}
+    for name, keys in (("default", {}), ("tuned", chosen)):
+        job = DictConfig(base)
+        OmegaConf.update(job, "paths.output_dir", str(run_dir / "verify" / name), force_add=True)
+        OmegaConf.update(job, "trainer.enable_progress_bar", False, force_add=True)
+        OmegaConf.update(job, "logger", None, force_add=True)
+        for key, value in keys.items():
+            OmegaConf.update(job, key, value, force_add=True)
+        started = time.monotonic()
+        log.info("verifying over a full run: training with the %s settings", name)
+        runs[name] = float(train(job)["test"]["acc"])
+        left = result.budget_s - result.elapsed_s - (time.monotonic() - started)
+        if name == "default" and left < time.monotonic() - started:
+            result.verification = {"verified": False, "reason": "a full run does not fit the budget left"}
+            return
+        result.elapsed_s += time.monotonic() - started
+    drop = 100 * (runs["default"] - runs["tuned"])
+    kept = drop <= result.max_accuracy_drop
+    result.verification = {
+        "verified": True,
+        "default_test_acc": runs["default"],
+        "tuned_test_acc": runs["tuned"],
+        "drop_points": round(drop, 3),
+        "kept": kept,
+    }
+    if not kept:
+        log.warning(
+            "over a full run the chosen settings %s lose %.1f points of test accuracy (tolerance %g): "
+            "keeping only those that do not change numerics",
+            numerics,
+            drop,
+            result.max_accuracy_drop,
+        )
+        result.chosen["train"] = {k: v for k, v in chosen.items() if k not in NUMERICS_KEYS}
+        result.final.pop("train", None)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="tune")

@@ -28,6 +28,7 @@ def to_data(result: TuneResult) -> dict[str, Any]:
         "device": result.device,
         "budget_s": result.budget_s,
         "max_accuracy_drop": result.max_accuracy_drop,
+        "full_run_verification": result.verification,
         "elapsed_s": round(result.elapsed_s, 1),
         "chosen": result.chosen,
         "tuned_vs_default": {mode: outcome.as_dict() for mode, outcome in result.final.items()},
@@ -92,9 +93,24 @@ def to_markdown(result: TuneResult) -> str:
         lines.append(
             f"**{mode}, tuned vs default (side by side):** {verdict}; settings {outcome.candidate.settings}."
         )
+    check = result.verification
     for mode, keys in result.chosen.items():
         if not keys:
-            lines.append(f"**{mode}:** the defaults stay: no candidate was faster beyond the noise.")
+            why = (
+                "the faster settings failed the full-run check below"
+                if mode == "train" and check and check.get("verified") and not check["kept"]
+                else "no candidate was faster beyond the noise"
+            )
+            lines.append(f"**{mode}:** the defaults stay: {why}.")
+    if check and check.get("verified"):
+        verdict = "kept" if check["kept"] else "dropped: only settings that keep the numerics stay"
+        lines.append(
+            f"**Full-run check (perfkit.train, whole job):** test accuracy {check['tuned_test_acc']:.4f} tuned vs "
+            f"{check['default_test_acc']:.4f} default ({check['drop_points']:+.2f} points lost; tolerance "
+            f"{result.max_accuracy_drop:g}): numerics-changing settings {verdict}."
+        )
+    elif check:
+        lines.append(f"**Full-run check:** not done: {check['reason']}.")
     lines += [
         "",
         "Settings that change numerics are judged by the time to reach the default's held-out accuracy "

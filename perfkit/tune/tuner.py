@@ -76,6 +76,8 @@ class TuneResult:
     device: str
     environment: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float = 0.5  # points: what every recommendation was held to
+    # the chosen training settings checked over a full perfkit.train run (the CLI does this)
+    verification: dict[str, Any] | None = None
 
 
 # priors that only order the candidates (largest expected gain per second of measuring first)
