@@ -70,7 +70,7 @@ def test_no_finished_job_means_no_summary(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multirun_writes_the_summary_and_survives_a_failing_job(tmp_path: Path) -> None:
     # a learning rate that diverges fails its job while running (a negative one is refused up front)
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         "-m",
         *FAST,
         "logger=none",
