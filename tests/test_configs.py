@@ -91,15 +91,20 @@ def test_option_composes_and_instantiates(
 @pytest.mark.parametrize("preset", BENCH_PRESETS)
 def test_bench_presets_compose_and_validate(preset: str) -> None:
     from perfkit.bench.suite import BenchConfig
-    from perfkit.bench.variants import MODELS, VARIANTS
+    from perfkit.bench.variants import CLASSIC_VARIANTS, GPU_VARIANTS, MODELS
     from perfkit.config import compose_config
 
     cfg = compose_config("bench", [f"bench={preset}"])
     spec = BenchConfig.from_config(cfg.bench, cfg.device)
-    assert spec.variants == list(VARIANTS)  # every preset covers the whole variant matrix
-    assert set(spec.models) <= set(MODELS) and spec.modes == ["inference", "train"]
+    # each preset covers its whole variant matrix
+    assert spec.variants == list(GPU_VARIANTS if preset == "gpu" else CLASSIC_VARIANTS)
+    assert set(spec.models) <= set(MODELS) and set(spec.modes) == {"inference", "train"}
+    if preset == "gpu":
+        assert (
+            spec.models == ["resnet50", "vit_b_16"] and spec.batch_sizes == [256] and spec.image_size == 224
+        )
     if preset == "full":
-        assert spec.models == list(MODELS) and spec.batch_sizes == [1, 64, 256]
+        assert spec.models == list(MODELS[:4]) and spec.batch_sizes == [1, 64, 256]
 
 
 def test_optimize_config_composes(tmp_path: Path) -> None:

@@ -306,7 +306,8 @@ def test_warm_up_ramps_the_learning_rate_per_step_then_holds_it() -> None:
     from perfkit.models import MLP, ImageClassifier
 
     module = ImageClassifier(MLP, (1, 8, 8), 10, optimizer=partial(torch.optim.SGD, lr=0.1), warmup_steps=4)
-    [optimizer], [schedule] = module.configure_optimizers()
+    configured = module.configure_optimizers()
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]
     assert schedule["interval"] == "step"
     rates = []
     for _ in range(6):

@@ -135,6 +135,19 @@ VARIANTS: dict[str, Builder] = {
 }
 
 
+# what the quick and full presets measure; bench=gpu measures GPU_VARIANTS
+CLASSIC_VARIANTS: tuple[str, ...] = (
+    "eager",
+    "compile",
+    "bf16",
+    "prune_unstructured",
+    "prune_channels",
+    "int8_dynamic",
+    "compile_channels",
+)
+GPU_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in CLASSIC_VARIANTS[3:])
+
+
 def _copy(net: nn.Module) -> nn.Module:
     """Builders that convert the memory format work on a copy: the other variants share ``net``."""
     import copy

@@ -107,7 +107,7 @@ class ImageClassifier(L.LightningModule):
         optimizer = (
             self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
         )
-        schedulers = []
+        schedulers: list[Any] = []
         if self.warmup_steps:
             # linear warm-up per optimizer step, chained with any epoch schedule (what perfkit.tune pairs
             # with a larger batch's larger learning rate)
@@ -116,9 +116,11 @@ class ImageClassifier(L.LightningModule):
             )
             schedulers.append({"scheduler": warmup, "interval": "step"})
         if self.scheduler_factory is not None:
-            schedulers.append({"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"})
+            schedulers.append(self.scheduler_factory(optimizer))  # stepped once per epoch
         if not schedulers:
             return optimizer
+        if len(schedulers) == 1:
+            return {"optimizer": optimizer, "lr_scheduler": schedulers[0]}
         return [optimizer], schedulers
 
 
