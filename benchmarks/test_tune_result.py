@@ -42,6 +42,7 @@ def test_tuned_vs_default(benchmark: Any, tmp_path: Path) -> None:
             results[model] = {
                 "wall_s": wall,
                 **{k: data[k] for k in ("chosen", "tuned_vs_default", "elapsed_s", "budget_s")},
+                "full_run_verification": data.get("full_run_verification"),
             }
             target = RESULTS_DIR / f"tune-{model}-{device_tag()}"
             shutil.rmtree(target, ignore_errors=True)
@@ -52,7 +53,9 @@ def test_tuned_vs_default(benchmark: Any, tmp_path: Path) -> None:
             shutil.copy(run_dir / "configs" / "experiment" / "tuned.yaml", target / "tuned.yaml")
 
     benchmark.pedantic(tune_every_model, rounds=1, iterations=1)
-    table: list[list[Any]] = [["model", "mode", "chosen", "tuned vs default (95% CI)", "tuner time"]]
+    table: list[list[Any]] = [
+        ["model", "mode", "chosen", "tuned vs default (95% CI)", "tuner time", "full-run check (test acc)"]
+    ]
     for model, row in results.items():
         for mode, chosen in row["chosen"].items():
             final = row["tuned_vs_default"].get(mode)
@@ -61,13 +64,20 @@ def test_tuned_vs_default(benchmark: Any, tmp_path: Path) -> None:
                 versus = f"{final['speedup']:.2f}x ({low:.2f}-{high:.2f})"
             else:
                 versus = "1 (defaults kept)"
+            check = row["full_run_verification"] if mode == "train" else None
+            verified = (
+                f"{check['tuned_test_acc']:.4f} vs {check['default_test_acc']:.4f} default: "
+                f"{'kept' if check['kept'] else 'dropped'}"
+                if check and check.get("verified")
+                else ("" if not check else check["reason"])
+            )
             table.append([model, mode, ", ".join(f"`{k}={v}`" for k, v in chosen.items()) or "defaults", versus,
-                          f"{row['elapsed_s']:.0f} s of {row['budget_s']:.0f} s"])  # fmt: skip
+                          f"{row['elapsed_s']:.0f} s of {row['budget_s']:.0f} s", verified])  # fmt: skip
     benchmark.extra_info.update(results)
     write_report(
         "tune",
         {"budget_s": BUDGET_S, "models": results},
-        title="perfkit.tune: tuned vs default settings (issue 8)",
+        title="perfkit.tune: tuned vs default settings (issues 8 and 16)",
         description=[
             f"`python -m perfkit.tune model=X tune.budget_s={BUDGET_S:g}` on the bundled MNIST digits. "
             "Speed-ups are per sample, tuned settings together against the defaults, interleaved in one "
