@@ -489,17 +489,23 @@ def test_mfu_is_flops_over_time_over_the_reference(monkeypatch: pytest.MonkeyPat
         assert row.mfu is None  # no datasheet peak for a CPU
 
 
+# bench=gpu shrunk to run on this CPU in seconds
+GPU_PRESET_ON_A_CPU = [
+    "bench=gpu",
+    "device=cpu",
+    "bench.image_size=32",
+    "bench.batch_sizes=[2]",
+    "bench.rounds=6",
+    "bench.warmup=1",
+    "bench.data_options.num_samples=40",
+]
+
+
 def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(tmp_path: Path) -> None:
     """bench=gpu is one command on an H100; here its models and variants run small, as a check."""
     cfg = _bench_cfg(
         tmp_path,
-        "bench=gpu",
-        "device=cpu",
-        "bench.image_size=32",
-        "bench.batch_sizes=[2]",
-        "bench.rounds=6",
-        "bench.warmup=1",
-        "bench.data_options.num_samples=40",
+        *GPU_PRESET_ON_A_CPU,
         "bench.models=[resnet50]",
         "bench.variants=[eager,tf32,bf16_channels_last,cuda_graphs]",
     )
@@ -521,13 +527,7 @@ def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(tmp_path: Path) -> None:
 def test_the_hand_written_anchor_and_compiled_variants_run(tmp_path: Path) -> None:
     cfg = _bench_cfg(
         tmp_path,
-        "bench=gpu",
-        "device=cpu",
-        "bench.image_size=32",
-        "bench.batch_sizes=[2]",
-        "bench.rounds=6",
-        "bench.warmup=1",
-        "bench.data_options.num_samples=40",
+        *GPU_PRESET_ON_A_CPU,
         "bench.models=[vit_b_16]",
         "bench.variants=[eager,bf16_channels_last_compile,handwritten]",
     )

@@ -261,7 +261,9 @@ def test_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("how", "cause"), [("raise", "exit status 1"), ("kill", "killed by SIGKILL")])
+def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path, how: str, cause: str) -> None:
+    """The rank that died is named, by itself if it can and by rank 0, which only lost its connection."""
     started = time.monotonic()
     code, _, err = run_cli(
         *FAST,
@@ -271,12 +273,16 @@ def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path) -> None:
         "hydra.run.dir=run",
         "+callbacks.fail._target_=tests.toy_models.FailOnRank",
         "+callbacks.fail.rank=1",
+        f"+callbacks.fail.how={how}",
         cwd=tmp_path,
         timeout=180,
     )
-    assert code != 0
+    assert code == 1
     assert time.monotonic() - started < 120
-    assert "perfkit.train: rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 2" in err
+    if how == "raise":
+        assert "perfkit.train: rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 2" in err
+    assert f"perfkit.train: rank 1 of 2 ({cause}" in err and "died first; rank 0 of 2 stopped" in err
+    assert "rank 0 of 2 failed" not in err
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
