@@ -104,10 +104,12 @@ def to_markdown(result: TuneResult) -> str:
             lines.append(f"**{mode}:** the defaults stay: {why}.")
     if check and check.get("verified"):
         verdict = "kept" if check["kept"] else "dropped: only settings that keep the numerics stay"
+        drop = check["drop_points"]
+        change = f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"
         lines.append(
             f"**Full-run check (perfkit.train, whole job):** test accuracy {check['tuned_test_acc']:.4f} tuned vs "
-            f"{check['default_test_acc']:.4f} default ({check['drop_points']:+.2f} points lost; tolerance "
-            f"{result.max_accuracy_drop:g}): numerics-changing settings {verdict}."
+            f"{check['default_test_acc']:.4f} default ({change}; tolerance {result.max_accuracy_drop:g}): "
+            f"numerics-changing settings {verdict}."
         )
     elif check:
         lines.append(f"**Full-run check:** not done: {check['reason']}.")
