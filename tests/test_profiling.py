@@ -420,6 +420,14 @@ def test_tensorboard_plugin_serves_the_profiled_run(compose_train: ComposeTrain,
         overview = _get_json(f"{base}/overview?run={run}&worker=rank0&span={spans[0]}")  # type: ignore[index]
         step_rows = overview["steps"]["rows"]  # type: ignore[index]
         assert len(step_rows) == 3  # the three profiled steps
+        # perfkit's breakdown agrees with the plugin's own overview of the same trace
+        plugin = overview["performance"][0]  # type: ignore[index]
+        shares = {child["name"]: child["extra"] / 100 for child in plugin["children"]}
+        ours = json.loads((run_dir / "profile.json").read_text())["breakdown"]
+        assert ours["step_ms"] == pytest.approx(plugin["value"] / 1e3, rel=0.01)
+        busy = shares.get("CPU Exec", 0) + shares.get("DataLoader", 0)
+        assert ours["compute"] + ours["data"] == pytest.approx(busy, abs=0.01)
+        assert ours["other"] == pytest.approx(shares.get("Other", 0), abs=0.01)
     finally:
         server.terminate()
         server.wait(timeout=30)
