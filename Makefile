@@ -49,10 +49,11 @@ bench: install ## the variant benchmark, quick preset (< 5 min on 2 cores): repo
 bench-suites: install ## every pytest-benchmark suite in benchmarks/ (hours on 2 cores; narrow with ARGS="-k ...")
 	$(BIN)/pytest benchmarks/ -o addopts="" -p no:cacheprovider $(ARGS)
 
-lint: install ## ruff lint + format check, mypy, hadolint on Dockerfile.gpu
+lint: install ## ruff lint + format check, mypy, no import cycles, hadolint on Dockerfile.gpu
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_imports.py
 	$(BIN)/hadolint Dockerfile.gpu
 
 docs: install ## build the docs site into site/ (MkDocs; any warning, e.g. a broken reference, fails)

@@ -27,7 +27,7 @@ _LAZY_ATTRIBUTES = {
 
 if TYPE_CHECKING:
     from perfkit.bench import BenchmarkReport, benchmark
-    from perfkit.config import ConfigError
+    from perfkit.errors import ConfigError
     from perfkit.optim import OptimizationReport, compile, prune, quantize, reports
     from perfkit.tune import tune
 

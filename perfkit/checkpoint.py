@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from perfkit.config import ConfigError
+from perfkit.errors import ConfigError
 
 
 def read_checkpoint(path: Path, key: str) -> dict[str, Any]:

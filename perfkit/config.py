@@ -23,15 +23,15 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from perfkit.errors import ConfigError
+
+__all__ = ["ConfigError", "check_config", "compose_config", "config_dir", "error_line"]
+
 # keys Hydra's instantiate consumes itself
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 _DEVICES_HELP = (
     "use a positive count (devices=2), -1 or 'auto' for all available, or a list of indices (devices=[0,1])"
 )
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is one line naming the key and what is allowed."""
 
 
 def config_dir() -> Path:

@@ -13,7 +13,7 @@ import os
 import socket
 from typing import Any
 
-from perfkit.config import ConfigError
+from perfkit.errors import ConfigError
 
 RUN_ID_VARIABLE = "PERFKIT_RUN_ID"
 

@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,3 +192,19 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
+
+
+def accuracy(
+    model: torch.nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device
+) -> float:
+    """Top-1 accuracy of ``model`` in eval mode over labelled batches."""
+    correct = total = 0
+    model.eval()
+    with torch.inference_mode():
+        for images, labels in batches:
+            predictions = model(images.to(device)).argmax(dim=1).cpu()
+            correct += int((predictions == labels).sum())
+            total += len(labels)
+    if total == 0:
+        raise ValueError("eval_data is empty")
+    return correct / total

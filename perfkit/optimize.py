@@ -30,7 +30,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
-    from perfkit.bench.core import accuracy as test_accuracy
+    from perfkit.measure import accuracy as test_accuracy
     from perfkit.optim import compile as compile_model
     from perfkit.optim import prune, quantize, reports
     from perfkit.optim.quantization import BACKENDS, SCHEMES

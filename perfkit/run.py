@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from perfkit.config import ConfigError
+from perfkit.errors import ConfigError
 
 # files whose presence means the directory already holds an earlier run's results
 _PRECIOUS = ("metrics.json",)

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from perfkit.config import ConfigError
+from perfkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 import perfkit
 from perfkit.config import ConfigError, compose_config
 from perfkit.tune import Budget, Candidate, Outcome, TuneResult, decide, pick, run_within_budget
-from perfkit.tune.report import tuned_overlay, write_report
+from perfkit.tune.report import tuned_overlay, write_outputs
 
 
 def _outcome(speedup: float, low: float, high: float, *, numerics: bool = False, accuracy: float | None = None,
@@ -160,7 +160,7 @@ def test_tuned_overlay_trains_with_the_chosen_settings(tmp_path: Path) -> None:
 
     chosen = {"train": {"precision": "bf16-mixed", "data.batch_size": 256, "data.num_workers": 2,
                         "optimize.compile": True, "optimize.compile_mode": "default"}}  # fmt: skip
-    written = write_report(_result(chosen), tmp_path)
+    written = write_outputs(_result(chosen), tmp_path)
     assert {p.name for p in written} == {"tune.json", "tune.md", "tune.png", "tuned.yaml"}
     data = json.loads((tmp_path / "tune.json").read_text())
     assert [c["status"] for c in data["candidates"]] == ["accepted", "rejected"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from perfkit.bench.report import BenchmarkReport, Row
 from perfkit.bench.variants import MODES, check_choices, skip_reason
-from perfkit.measure import peak_memory_bytes, speedup, time_interleaved
+from perfkit.measure import accuracy, peak_memory_bytes, speedup, time_interleaved
 from perfkit.optim.report import count_parameters, serialized_size
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
@@ -251,20 +251,6 @@ def utilization(
 
 # measured once per process: a large matmul's TFLOP/s per (device type, precision)
 _MATMUL_RATES: dict[tuple[str, str], float] = {}
-
-
-def accuracy(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` in eval mode over labelled batches."""
-    correct = total = 0
-    model.eval()
-    with torch.inference_mode():
-        for images, labels in batches:
-            predictions = model(images.to(device)).argmax(dim=1).cpu()
-            correct += int((predictions == labels).sum())
-            total += len(labels)
-    if total == 0:
-        raise ValueError("eval_data is empty")
-    return correct / total
 
 
 def _worth_noting(warning: warnings.WarningMessage) -> bool:

@@ -292,19 +292,3 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             return self.pin_memory
         trainer = self._trainer_or_none()
         return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
-
-
-class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Images and labels held in memory as tensors: indexing is a slice, no per-sample decoding."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])

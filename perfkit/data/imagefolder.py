@@ -6,8 +6,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from perfkit.config import ConfigError
 from perfkit.data.base import ClassificationDataModule
+from perfkit.errors import ConfigError
 
 
 class ImageFolderDataModule(ClassificationDataModule):

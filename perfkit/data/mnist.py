@@ -9,7 +9,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from perfkit.data.base import ClassificationDataModule, TensorImageDataset
+from perfkit.data.base import ClassificationDataModule
+from perfkit.data.resident import TensorImageDataset
 
 log = logging.getLogger(__name__)
 

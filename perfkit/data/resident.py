@@ -36,11 +36,25 @@ class ResidentDecision:
         return {"enabled": self.enabled, "reason": self.reason, "data_mb": round(self.data_bytes / 2**20, 2)}
 
 
+class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Images and labels held in memory as tensors: indexing is a slice, no per-sample decoding."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
 def tensors_of(dataset: Dataset[Any] | None) -> tuple[torch.Tensor, torch.Tensor, list[int] | None] | None:
     """(images, labels, indices) behind a tensor dataset or a ``Subset`` of one; None for any other
     dataset (decoded files, generated samples, transforms: their samples must be computed)."""
-    from perfkit.data.base import TensorImageDataset
-
     indices = None
     if isinstance(dataset, Subset):
         indices, dataset = list(dataset.indices), dataset.dataset
@@ -63,7 +77,7 @@ def decide(
     if found is None:
         what = type(dataset.dataset if isinstance(dataset, Subset) else dataset).__name__
         if requested is True:
-            from perfkit.config import ConfigError
+            from perfkit.errors import ConfigError
 
             raise ConfigError(
                 f"data.device_resident=true needs an in-memory tensor dataset (TensorImageDataset); {what} "

@@ -95,7 +95,7 @@ class TrainingOptimizations:
 
     def check_trainer(self, trainer: L.Trainer) -> None:
         """Refuse settings this Trainer cannot carry out, before any process starts."""
-        from perfkit.config import ConfigError
+        from perfkit.errors import ConfigError
 
         if not self.prunes:
             return
@@ -212,7 +212,7 @@ class PruneChannels(L.Callback):
 
 def check_world_size(at_epoch: int, world_size: int) -> None:
     """Channel pruning after training started rebuilds the optimizer, which DDP cannot follow."""
-    from perfkit.config import ConfigError
+    from perfkit.errors import ConfigError
 
     if at_epoch > 0 and world_size > 1:
         raise ConfigError(

@@ -17,8 +17,9 @@ import types
 from pathlib import Path
 from typing import Any
 
+from perfkit.tune.report import write_outputs
 from perfkit.tune.selection import Budget, Candidate, Outcome, decide, pick, run_within_budget
-from perfkit.tune.tuner import Tuner, TuneResult, TuneSettings, write_outputs
+from perfkit.tune.tuner import Tuner, TuneResult, TuneSettings
 
 __all__ = [
     "Budget",

@@ -183,7 +183,8 @@ def plot(result: TuneResult, path: Path) -> Path | None:
     return path
 
 
-def write_report(result: TuneResult, run_dir: Path) -> list[Path]:
+def write_outputs(result: TuneResult, run_dir: Path) -> list[Path]:
+    """``tune.json``, ``tune.md``, ``tune.png`` and ``configs/experiment/tuned.yaml`` in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     written = [run_dir / "tune.json", run_dir / "tune.md"]
     write_json(written[0], to_data(result))

@@ -16,7 +16,6 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -461,7 +460,7 @@ class Tuner:
                 optimizer.step()
 
     def _accuracy(self, model: nn.Module, precision: str | None = None) -> float:
-        from perfkit.bench.core import accuracy
+        from perfkit.measure import accuracy
 
         autocast = _autocast(precision, self.device)
         with autocast(), _quiet():
@@ -616,10 +615,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-def write_outputs(result: TuneResult, run_dir: Path) -> list[Path]:
-    """``tune.json``, ``tune.md``, ``tune.png`` and ``configs/experiment/tuned.yaml`` in ``run_dir``."""
-    from perfkit.tune.report import write_report
-
-    return write_report(result, run_dir)

@@ -1,0 +1,7 @@
+"""The exception every perfkit check raises for a user's mistake (in its own module: every layer uses it)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line naming the key and what is allowed."""
