@@ -102,7 +102,12 @@ def to_markdown(result: TuneResult) -> str:
                 else "no candidate was faster beyond the noise"
             )
             lines.append(f"**{mode}:** the defaults stay: {why}.")
-    if check and check.get("verified"):
+    if check and check.get("verified") and check.get("tuned_run_failed"):
+        lines.append(
+            f"**Full-run check (perfkit.train, whole job):** {check['tuned_run_failed']}: numerics-changing "
+            "settings dropped."
+        )
+    elif check and check.get("verified"):
         verdict = "kept" if check["kept"] else "dropped: only settings that keep the numerics stay"
         drop = check["drop_points"]
         change = f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"
