@@ -138,10 +138,11 @@ class DivergenceCheck(L.Callback):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
+            size = loss.detach().abs()
             if self._limit is None:
-                self._limit = self.growth_limit * loss.abs().clamp(min=1.0)
-            flag = ~torch.isfinite(loss).all() | (loss.abs() > self._limit).any()
+                self._limit = self.growth_limit * size.clamp(min=1.0)
+            # one comparison catches all three: NaN compares false, and inf exceeds any limit
+            flag = ~(size <= self._limit).all()
             self._diverged = flag if self._diverged is None else self._diverged | flag
         every = max(1, getattr(trainer, "log_every_n_steps", 50))
         if (batch_idx + 1) % every == 0 or trainer.is_last_batch:

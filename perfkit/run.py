@@ -100,8 +100,6 @@ class RunDirectory:
                 "hydra.run.dir=... or paths.log_dir=..."
             ) from None
         except OSError as error:
-            if isinstance(error, ConfigError):
-                raise
             raise ConfigError(f"cannot use the run directory {path}: {error.strerror or error}") from None
         try:
             guard_run_dir(path, precious, resume=resume)
