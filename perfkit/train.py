@@ -347,7 +347,9 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
         sys.exit(1)
     except Exception as error:
         rank = rank_description()
-        dead = dead_ranks() if rank else []
+        # only a lost connection points elsewhere: rank 0's own error must not be blamed on the ranks it
+        # took down with it
+        dead = dead_ranks() if rank and _lost_contact(error) else []
         if dead:  # this rank only lost contact with the one that died: name that one
             print(
                 f"{program}: {', '.join(dead)} died first; {rank} stopped because it lost contact "
@@ -366,6 +368,16 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
     # the value a Hydra sweeper optimises
     value = metrics.get("val", {}).get("acc")
     return float(value) if value is not None else None
+
+
+_LOST_CONTACT = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+
+
+def _lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process went away."""
+    name = type(error).__name__
+    text = str(error).lower()
+    return name in ("DistBackendError", "DistNetworkError") or any(sign in text for sign in _LOST_CONTACT)
 
 
 def _lost_contact_reason(error: BaseException) -> str:
