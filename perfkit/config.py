@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from perfkit.errors import ConfigError
 
-__all__ = ["ConfigError", "check_config", "compose_config", "config_dir", "error_line"]
+__all__ = ["ConfigError", "check_config", "compose_config", "config_dir", "error_line", "fit_to_targets"]
 
 # keys Hydra's instantiate consumes itself
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -61,6 +61,59 @@ def check_config(cfg: DictConfig) -> None:
     for key, node in _instantiable_nodes(cfg, ""):
         check_node(node, key)
     _check_optimizer(cfg.get("optimizer"))
+
+
+def fit_to_targets(cfg: DictConfig) -> dict[str, list[str]]:
+    """Leave out the shared keys perfkit's configs give ``data`` and ``model`` (loader settings,
+    ``optimizer``, ``net``, ...) where the class named by ``_target_`` does not take them.
+
+    So ``data._target_=mypkg.MyDataModule model._target_=mypkg.MyLitModule`` builds a plain
+    LightningDataModule/LightningModule from its own parameters. A key set on the command line is
+    kept, so that :func:`check_config` still names a typo. Returns the keys left out, per group.
+    """
+    named = _command_line_keys()
+    left_out: dict[str, list[str]] = {}
+    for group in ("data", "model"):
+        node = cfg.get(group)
+        if not _is_instantiable(node):
+            continue
+        try:
+            parameters, _ = _signature(_locate(str(node._target_)))
+        except ImportError:
+            continue  # check_node names the import problem
+        if parameters is None or "**kwargs" in parameters:
+            continue
+        shared = _shared_keys(group)
+        unused = [
+            name
+            for name in map(str, node)
+            if name in shared and name not in parameters and f"{group}.{name}" not in named
+        ]
+        if unused:
+            with open_dict(node):
+                for name in unused:
+                    del node[name]
+            left_out[group] = unused
+    return left_out
+
+
+def _shared_keys(group: str) -> frozenset[str]:
+    """Every key one of perfkit's own ``group`` configs sets (``_target_`` aside)."""
+    keys: set[str] = set()
+    for path in (config_dir() / group).rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        if isinstance(node, DictConfig):
+            keys.update(str(key) for key in node if key != "defaults")
+    return frozenset(keys - _HYDRA_KEYS)
+
+
+def _command_line_keys() -> set[str]:
+    """The dotted keys the command line set (``data.batch_size=32`` -> ``data.batch_size``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {override.split("=", 1)[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -248,6 +301,7 @@ def _check_run_options(cfg: DictConfig) -> None:
         raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
 
     _check_cpu_ranks(cfg, devices, num_nodes, str(name))
+    _check_monitor(cfg)
     _check_groups_used(cfg)
     _check_stop_condition(cfg)
 
@@ -358,6 +412,15 @@ def _check_cpu_ranks(cfg: DictConfig, devices: Any, num_nodes: int, strategy: st
             f"devices={ranks} starts {ranks} CPU processes per node but this machine has {cores} CPU core(s) "
             f"(at most {2 * cores} ranks are useful); lower devices, or set allow_oversubscription=true if "
             "you mean it"
+        )
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    if "monitor_mode" in cfg and cfg.monitor_mode not in ("max", "min"):
+        raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} is not valid; allowed: max, min")
+    if "monitor" in cfg and not (isinstance(cfg.monitor, str) and cfg.monitor.strip()):
+        raise ConfigError(
+            f"monitor={cfg.monitor!r} is not valid: name a metric your LightningModule logs (val/acc)"
         )
 
 

@@ -27,6 +27,8 @@ from perfkit.run import write_json
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
+# a row's monitored metric and mode: not a column of the summary
+_MONITOR = "_monitor"
 _RESULTS = (
     ("val_acc", ("val", "acc")),
     ("val_loss", ("val", "loss")),
@@ -34,6 +36,8 @@ _RESULTS = (
     ("train_samples_per_s", ("train_samples_per_s",)),
     ("wall_time_s", ("wall_time_s",)),
 )
+
+_RESULT_COLUMNS = [*(name for name, _ in _RESULTS), "error", "run_dir"]
 
 
 def in_sweep() -> bool:
@@ -94,6 +98,7 @@ class SweepSummary(Callback):
                 "overrides": list(job_return.overrides or []),
                 "status": "failed" if failure else "done",
                 "error": failure.get("error") if failure else None,
+                "monitor": [str(config.get("monitor", "val/acc")), str(config.get("monitor_mode", "max"))],
             },
         )
         write_summary(Path(hydra_cfg.sweep.dir))
@@ -128,6 +133,9 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row[key.lstrip("+~")] = value
         for column, path in _RESULTS:
             row[column] = _dig(metrics, path)
+        monitor, mode = job.get("monitor") or ("val/acc", "max")
+        row[_column(monitor)] = _dig(metrics, ("val", monitor.removeprefix("val/")))
+        row[_MONITOR] = (monitor, mode)
         row["error"] = job.get("error") or ""
         row["run_dir"] = job_file.parent.name
         rows.append(row)
@@ -152,7 +160,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """The table of the jobs; overrides every job shares are listed once above it (the CSV has all)."""
-    results = {"job", "status", "error", "run_dir", *(name for name, _ in _RESULTS)}
+    results = {"job", "status", _column(rows[0][_MONITOR][0]), *_RESULT_COLUMNS}
     shared = [
         c
         for c in columns
@@ -162,12 +170,13 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
         c for c in columns if c not in shared and (c != "error" or any(row.get("error") for row in rows))
     ]
     best = _best(rows)
+    monitor, mode = rows[0][_MONITOR]
     lines = [
         f"# Sweep summary ({len(rows)} jobs)",
         "",
-        f"Best val acc: job {best['job']} ({best['val_acc']:.4f})."
+        f"Best {monitor} ({mode}): job {best['job']} ({best[_column(monitor)]:.4f})."
         if best
-        else "No job finished with a val acc.",
+        else f"No job finished with a {monitor}.",
         "",
     ]
     if shared:
@@ -183,16 +192,26 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     fixed = ["job", "status"]
-    trailing = [name for name, _ in _RESULTS] + ["error", "run_dir"]
+    trailing = list(dict.fromkeys([_column(rows[0][_MONITOR][0]), *_RESULT_COLUMNS]))
     swept: list[str] = []
     for row in rows:
-        swept += [key for key in row if key not in fixed and key not in trailing and key not in swept]
+        swept += [key for key in row if key not in (*fixed, *trailing, _MONITOR) and key not in swept]
     return fixed + swept + trailing
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    scored = [r for r in rows if isinstance(r.get("val_acc"), int | float)]
-    return max(scored, key=lambda r: r["val_acc"]) if scored else None
+    """The job with the best value of the monitored metric (``monitor``, ``monitor_mode``)."""
+    monitor, mode = rows[0][_MONITOR]
+    column = _column(monitor)
+    scored = [r for r in rows if isinstance(r.get(column), int | float)]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r[column])
+
+
+def _column(monitor: str) -> str:
+    """The summary column of a metric: ``val/acc`` -> ``val_acc``."""
+    return monitor.replace("/", "_")
 
 
 def _numeric(rows: list[dict[str, Any]], column: str) -> bool:

@@ -29,6 +29,7 @@ from perfkit.config import (
     check_output_dir_overrides,
     config_dir,
     error_line,
+    fit_to_targets,
     instantiate_all,
 )
 
@@ -43,6 +44,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # the command's start for the CLI's first run; a library call (or a later sweep job) counts from here
     launched_at = _command_started.pop() if _command_started else time.time()
+    for group, keys in fit_to_targets(cfg).items():
+        log.info(
+            "%s: %s takes no %s; perfkit's values for them are left out",
+            group,
+            cfg[group]._target_,
+            ", ".join(keys),
+        )
     check_config(cfg)
     from perfkit import distributed
     from perfkit.run import RunDirectory, is_launching_process
@@ -328,7 +336,7 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
     except (ConfigError, MisconfigurationException, InstantiationException) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"{program}: error: {error_line(error)}", file=sys.stderr)
+        print(f"{program}: error: {error_line(error)}{_monitor_hint(error)}", file=sys.stderr)
         if in_sweep() and is_launching_process():
             # a configuration error usually holds for every job: end the sweep, keeping its summary
             record_failure(error_line(error), final=True)
@@ -365,9 +373,23 @@ def run_task(cfg: DictConfig, program: str) -> float | None:
             record_failure(f"{type(error).__name__}: {error_line(error)}")
             return math.nan
         raise
-    # the value a Hydra sweeper optimises
-    value = metrics.get("val", {}).get("acc")
+    return monitored_value(metrics, str(cfg.get("monitor", "val/acc")))
+
+
+def monitored_value(metrics: Mapping[str, Any], monitor: str) -> float | None:
+    """The monitored validation metric of a run (``val/acc`` -> ``metrics["val"]["acc"]``): the value a
+    Hydra sweeper optimises."""
+    value = metrics.get("val", {}).get(monitor.removeprefix("val/"))
     return float(value) if value is not None else None
+
+
+def _monitor_hint(error: BaseException) -> str:
+    """Lightning's missing-monitor error names the metrics logged; say which key chooses the monitored one."""
+    if "could not find the monitored key" not in str(error):
+        return ""
+    return (
+        " (perfkit's checkpoint and early stopping follow monitor=...: set it to a metric your module logs)"
+    )
 
 
 _LOST_CONTACT = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")

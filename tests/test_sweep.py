@@ -14,13 +14,18 @@ from tests.conftest import FAST, run_cli
 
 
 def _job(
-    sweep: Path, num: int, overrides: list[str], status: str = "done", metrics: dict | None = None
+    sweep: Path,
+    num: int,
+    overrides: list[str],
+    status: str = "done",
+    metrics: dict | None = None,
+    monitor: tuple[str, str] | None = None,
 ) -> None:
     job_dir = sweep / str(num)
     job_dir.mkdir(parents=True)
     error = "ValueError: Invalid learning rate: -1" if status == "failed" else None
     (job_dir / "job.json").write_text(
-        json.dumps({"job": num, "overrides": overrides, "status": status, "error": error})
+        json.dumps({"job": num, "overrides": overrides, "status": status, "error": error, "monitor": monitor})
     )
     if metrics is not None:
         (job_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -53,10 +58,18 @@ def test_summary_has_one_row_per_job_with_swept_values_and_results(tmp_path: Pat
     assert table[1]["error"] == "ValueError: Invalid learning rate: -1" and table[1]["val_acc"] == ""
 
     markdown = (tmp_path / "summary.md").read_text()
-    assert "Best val acc: job 2 (0.9500)." in markdown
+    assert "Best val/acc (max): job 2 (0.9500)." in markdown
     assert "Every job: `debug=fast`" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| job"))
     assert "optimizer.lr" in header and "debug" not in header
+
+
+def test_the_best_job_follows_the_monitored_metric_and_mode(tmp_path: Path) -> None:
+    loss = ("val/loss", "min")
+    _job(tmp_path, 0, ["optimizer.lr=0.1"], metrics={"val": {"acc": 0.95, "loss": 0.4}}, monitor=loss)
+    _job(tmp_path, 1, ["optimizer.lr=0.01"], metrics={"val": {"acc": 0.90, "loss": 0.2}}, monitor=loss)
+    write_summary(tmp_path)
+    assert "Best val/loss (min): job 1 (0.2000)." in (tmp_path / "summary.md").read_text()
 
 
 def test_no_finished_job_means_no_summary(tmp_path: Path) -> None:

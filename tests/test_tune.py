@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 import perfkit
 from perfkit.config import ConfigError, compose_config
 from perfkit.tune import Budget, Candidate, Outcome, TuneResult, decide, pick, run_within_budget
-from perfkit.tune.report import tuned_overlay, write_outputs
+from perfkit.tune.report import train_command, tuned_overlay, write_outputs
 
 
 def _outcome(speedup: float, low: float, high: float, *, numerics: bool = False, accuracy: float | None = None,
@@ -166,7 +167,7 @@ def test_tuned_overlay_trains_with_the_chosen_settings(tmp_path: Path) -> None:
     assert [c["status"] for c in data["candidates"]] == ["accepted", "rejected"]
     assert "slower than the baseline" in (tmp_path / "tune.md").read_text()
 
-    # what `python -m perfkit.train --config-dir <run dir>/configs experiment=tuned` composes
+    # what the printed command (train_command) composes
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose(
@@ -184,7 +185,7 @@ def test_tuned_overlay_trains_with_the_chosen_settings(tmp_path: Path) -> None:
 
 
 def test_nothing_faster_means_an_empty_overlay() -> None:
-    text = tuned_overlay(_result({"train": {}}))
+    text = tuned_overlay(_result({"train": {}}), Path("run"))
     assert "nothing to change" in text
     assert OmegaConf.create(text.split("\n", 1)[1]) == {}
 
@@ -338,13 +339,9 @@ def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path:
             assert outcome["time_to_accuracy_s"] is not None and "optimizer.lr" in outcome["settings"]
     code, _, err = run_cli(*common, "hydra.run.dir=default", cwd=tmp_path)
     assert code == 0, err
-    code, _, err = run_cli(
-        f"--config-dir={tmp_path / 'tune' / 'configs'}",
-        *common,
-        "experiment=tuned",
-        "hydra.run.dir=tuned",
-        cwd=tmp_path,
-    )
+    printed = shlex.split(train_command(tmp_path / "tune"))
+    assert printed[:3] == ["python", "-m", "perfkit.train"]
+    code, _, err = run_cli(*printed[3:], *common, "hydra.run.dir=tuned", cwd=tmp_path)
     assert code == 0, err
     default = json.loads((tmp_path / "default" / "metrics.json").read_text())
     with_tuning = json.loads((tmp_path / "tuned" / "metrics.json").read_text())

@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> Any:
     from perfkit.run import RunDirectory
     from perfkit.train import _shapes_for
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
+    from perfkit.tune.report import train_command
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.tune, resolve=True)  # type: ignore[assignment]
     unknown = sorted(set(values) - set(TuneSettings.__dataclass_fields__))
@@ -59,11 +60,7 @@ def run(cfg: DictConfig) -> Any:
         final = result.final.get(mode)
         measured = f" ({final.speedup:.2f}x the defaults, side by side)" if final and final.speedup else ""
         log.info("%s: %s%s", mode, keys or "keep the defaults", measured)
-    log.info(
-        "report: %s; train with: python -m perfkit.train --config-dir %s experiment=tuned",
-        written[1],
-        run_dir / "configs",
-    )
+    log.info("report: %s; train with: %s", written[1], train_command(run_dir))
     return result
 
 

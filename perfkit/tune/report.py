@@ -37,12 +37,18 @@ def to_data(result: TuneResult) -> dict[str, Any]:
     }
 
 
-def tuned_overlay(result: TuneResult) -> str:
+def train_command(run_dir: Path | str) -> str:
+    """The command that trains with a tune run's overlay. A search-path entry, not ``--config-dir``, so
+    that it combines with the user's own ``--config-dir``."""
+    return f"python -m perfkit.train experiment=tuned 'hydra.searchpath=[file://{Path(run_dir).resolve()}/configs]'"
+
+
+def tuned_overlay(result: TuneResult, run_dir: Path) -> str:
     """The Hydra experiment overlay: the chosen training settings as config keys."""
     lines = [
         "# @package _global_",
         "# Written by perfkit.tune: the settings measured faster on this machine (see tune.md). Use it with",
-        "#   python -m perfkit.train --config-dir <this run dir>/configs experiment=tuned [your usual overrides]",
+        f"#   {train_command(run_dir)} [your usual overrides]",
     ]
     train = result.chosen.get("train", {})
     final = result.final.get("train")
@@ -199,6 +205,6 @@ def write_outputs(result: TuneResult, run_dir: Path) -> list[Path]:
         written.append(picture)
     overlay = run_dir / "configs" / "experiment" / "tuned.yaml"
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    overlay.write_text(tuned_overlay(result))
+    overlay.write_text(tuned_overlay(result, run_dir))
     written.append(overlay)
     return written
