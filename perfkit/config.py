@@ -24,6 +24,10 @@ from typing import Any, Literal
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from perfkit.errors import ConfigError
+from perfkit.schemas import NODES
+from perfkit.schemas import register as register_schemas
+
+T = typing.TypeVar("T")
 
 __all__ = ["ConfigError", "check_config", "compose_config", "config_dir", "error_line", "fit_to_targets"]
 
@@ -60,6 +64,9 @@ def check_config(cfg: DictConfig) -> None:
     _check_run_options(cfg)
     for key, node in _instantiable_nodes(cfg, ""):
         check_node(node, key)
+    for key in NODES:
+        if key in cfg:
+            typed_node(cfg, key)
     _check_optimizer(cfg.get("optimizer"))
 
 
@@ -116,6 +123,43 @@ def _command_line_keys() -> set[str]:
     return {override.split("=", 1)[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
 
 
+def typed_node(cfg: DictConfig, key: str) -> Any:
+    """The ``key`` node (``optimize``, ``bench``, ``tune``) as its :mod:`perfkit.schemas` dataclass,
+    checked; the schema's defaults where the config has no such node."""
+    node = cfg.get(key)
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+    return build_typed(NODES[key], values, key)  # type: ignore[arg-type]
+
+
+def build_typed(schema: type[T], values: dict[str, Any], key: str) -> T:
+    """``schema(**values)``, or a :class:`ConfigError` naming the first unknown key, value outside a
+    ``Literal``'s choices, wrong type or out-of-range value (the dataclass's ``__post_init__``)."""
+    import dataclasses
+
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{key}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+    arguments: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = build_typed(hint, value, f"{key}.{name}")  # type: ignore[arg-type]
+        elif typing.get_origin(hint) is list:
+            value = value if isinstance(value, list) else [value]  # bench.models=cnn means [cnn]
+            (item_type,) = typing.get_args(hint)
+            for item in value:
+                _check_type(f"{key}.{name}: {item!r}", item, item_type, entry=True)
+        else:
+            _check_type(f"{key}.{name}", value, hint)
+        arguments[name] = value
+    try:
+        return schema(**arguments)
+    except ValueError as error:
+        raise ConfigError(f"{key}.{error}") from None
+
+
 def check_required(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming every ``???`` value still unset."""
     missing = sorted(_missing_keys(cfg))
@@ -154,13 +198,30 @@ def check_node(node: DictConfig, key: str) -> None:
         _check_type(f"{key}.{name}", value, hints[name])
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> None:
+def _check_type(key: str, value: Any, annotation: Any, *, entry: bool = False) -> None:
+    """``entry``: ``key`` already names the value (one entry of a list)."""
     from typeguard import TypeCheckError, check_type
 
     try:
         check_type(value, annotation)
     except TypeCheckError:
-        raise ConfigError(f"{key}={value!r} is not valid: expected {_describe(annotation)}") from None
+        named = key if entry else f"{key}={value!r}"
+        choices = _literal_choices(annotation)
+        if choices is not None:
+            raise ConfigError(f"{named} is not valid; allowed: {', '.join(choices)}") from None
+        if annotation is bool:
+            raise ConfigError(f"{named} is not valid: use true or false") from None
+        raise ConfigError(f"{named} is not valid: expected {_describe(annotation)}") from None
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    """``["null", "a", "b"]`` for ``Literal["a", "b"] | None``; None unless only choices are allowed."""
+    leaves = _flatten_union(annotation)
+    if not all(leaf is type(None) or typing.get_origin(leaf) is Literal for leaf in leaves):
+        return None
+    return list(
+        dict.fromkeys("null" if leaf is type(None) else str(typing.get_args(leaf)[0]) for leaf in leaves)
+    )
 
 
 def _describe(annotation: Any) -> str:
@@ -304,13 +365,6 @@ def _check_run_options(cfg: DictConfig) -> None:
     _check_monitor(cfg)
     _check_groups_used(cfg)
     _check_stop_condition(cfg)
-
-    from perfkit.optim.training import TrainingOptimizations
-
-    try:
-        TrainingOptimizations.from_config(cfg.get("optimize"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
     checkpoint = cfg.get("ckpt_path")
     if checkpoint is not None and not Path(str(checkpoint)).expanduser().is_file():
@@ -597,3 +651,4 @@ def register_resolvers() -> None:
 
 # every entry point imports this module before Hydra composes its config
 register_resolvers()
+register_schemas()

@@ -17,7 +17,7 @@ from torch import nn
 import perfkit
 from perfkit.bench import BenchmarkReport, Row
 from perfkit.bench import compare as gate
-from perfkit.bench.suite import BenchConfig, run_bench
+from perfkit.bench.suite import BenchConfig, bench_config, run_bench
 from perfkit.config import ConfigError, compose_config
 from perfkit.measure import Timing, median_confidence_interval, peak_memory_bytes, speedup
 
@@ -280,19 +280,24 @@ def _bench_cfg(tmp_path: Path, *overrides: str) -> Any:
     [
         (
             "bench.models=[cnn,lenet]",
-            "unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16",
+            "bench.models: 'lenet' is not valid; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16",
         ),
-        ("bench.variants=[eager,fp8]", "unknown variant 'fp8'; allowed: eager, compile, bf16"),
-        ("device=tpu", "device 'tpu' is not valid; allowed: cpu, cuda, cuda:N"),
-        ("bench.rounds=3", "at least 6 are needed"),
-        ("bench.data=cifar", "data='cifar' is not a dataset config; allowed: digits, imagefolder, mnist"),
-        ("+bench.round=3", "unknown bench option(s) round"),
+        ("bench.variants=[eager,fp8]", "bench.variants: 'fp8' is not valid; allowed: eager, compile, bf16"),
+        ("bench.modes=serve", "bench.modes: 'serve' is not valid; allowed: inference, train"),
+        ("device=tpu", "device='tpu' is not valid; allowed: cpu, cuda, cuda:N"),
+        ("bench.rounds=3", "bench.rounds=3: at least 6 are needed"),
+        ("bench.rounds=many", "bench.rounds='many' is not valid: expected int"),
+        (
+            "bench.data=cifar",
+            "bench.data='cifar' is not a dataset config; allowed: digits, imagefolder, mnist",
+        ),
+        ("+bench.round=3", "bench: unknown option(s) round; allowed: models, variants"),
     ],
 )
 def test_bad_bench_options_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
     cfg = _bench_cfg(tmp_path, override)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        BenchConfig.from_config(cfg.bench, cfg.get("device"))
+        bench_config(cfg)
 
 
 def test_bench_matrix_writes_a_report_and_never_overwrites_it(tmp_path: Path) -> None:
@@ -376,7 +381,7 @@ def test_cli_unknown_model_is_one_line_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "perfkit.bench: error: unknown model 'lenet'; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16"
+        "perfkit.bench: error: bench.models: 'lenet' is not valid; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16"
     )
 
 

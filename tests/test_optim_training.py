@@ -29,12 +29,12 @@ def test_defaults_change_nothing() -> None:
 
 def test_config_chooses_the_callbacks() -> None:
     model = SmallCNN((1, 8, 8), 10)
-    masks = TrainingOptimizations(prune_amount=0.3, compile=True).callbacks(model)
+    masks = TrainingOptimizations.create(prune_amount=0.3, compile=True).callbacks(model)
     assert [type(c).__bases__[0] if type(c).__name__.startswith("_") else type(c) for c in masks] == [
         ModelPruning,
         CompileForward,
     ]
-    channels = TrainingOptimizations(prune_amount=0.3, prune_method="channels").callbacks(model)
+    channels = TrainingOptimizations.create(prune_amount=0.3, prune_method="channels").callbacks(model)
     assert [type(c) for c in channels] == [PruneChannels]
 
 

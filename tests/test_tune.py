@@ -195,7 +195,7 @@ def test_nothing_faster_means_an_empty_overlay() -> None:
     [
         ("tune.rounds=3", "at least 6 are needed"),
         ("tune.modes=[serve]", "allowed: train, inference"),
-        ("+tune.budget=3", "unknown tune option(s) budget"),
+        ("+tune.budget=3", "tune: unknown option(s) budget; allowed: budget_s"),
         ("tune.budget_s=0", "must be > 0"),
     ],
 )

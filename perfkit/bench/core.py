@@ -15,6 +15,7 @@ from perfkit.bench.report import BenchmarkReport, Row
 from perfkit.bench.variants import MODES, check_choices, skip_reason
 from perfkit.measure import accuracy, peak_memory_bytes, speedup, time_interleaved
 from perfkit.optim.report import count_parameters, serialized_size
+from perfkit.schemas import BenchOptimizer, choices
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -165,7 +166,7 @@ def measure_variants(
     return list(rows.values())
 
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = choices(BenchOptimizer)
 
 
 def step_function(

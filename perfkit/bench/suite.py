@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,104 +23,27 @@ from torch import nn
 
 from perfkit.bench.core import first_line, measure_variants
 from perfkit.bench.report import BenchmarkReport
-from perfkit.bench.variants import MODELS, MODES, VARIANTS, Settings, build, check_choices, skip_reason
-from perfkit.config import ConfigError, compose_config, config_dir
+from perfkit.bench.variants import Settings, build, skip_reason
+from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
 from perfkit.optim import prune
+from perfkit.schemas import Bench as BenchConfig
+from perfkit.schemas import is_device
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """The ``bench`` config group, validated (see configs/bench/quick.yaml for the meaning of each)."""
-
-    models: list[str]
-    variants: list[str]
-    devices: list[str]
-    modes: list[str] = field(default_factory=lambda: ["inference"])
-    batch_sizes: list[int] = field(default_factory=lambda: [64])
-    rounds: int = 20
-    warmup: int = 2
-    threads: int | None = None
-    prune_amount: float = 0.5
-    data: str = "mnist"
-    train_epochs: int = 2
-    finetune_epochs: int = 1
-    optimizer: str = "sgd"  # of the timed training step: sgd, or adamw (torch's fused AdamW)
-    image_size: int | None = None  # overrides the dataset's (data.image_size), e.g. to shrink bench=gpu
-    data_options: dict[str, Any] = field(default_factory=dict)  # more data.* overrides
-
-    @classmethod
-    def from_config(cls, node: DictConfig, device: str | None = None) -> BenchConfig:
-        values: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown bench option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
-            )
-        for key in ("models", "variants", "devices", "modes", "batch_sizes"):
-            if isinstance(values.get(key), str | int):
-                values[key] = [values[key]]  # bench.models=cnn means [cnn]
-        if device is not None:
-            values["devices"] = [device]
-        config = cls(**values)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        try:
-            check_choices("model", self.models, MODELS)
-            check_choices("variant", self.variants, tuple(VARIANTS))
-            check_choices("mode", self.modes, MODES)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        for device in self.devices:
-            try:
-                kind = torch.device(device).type
-            except (RuntimeError, TypeError):
-                kind = None
-            if kind not in ("cpu", "cuda"):
-                raise ConfigError(f"device {device!r} is not valid; allowed: cpu, cuda, cuda:N")
-        if not self.devices:
-            raise ConfigError("no device chosen; allowed: cpu, cuda, cuda:N")
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"batch_sizes must be integers >= 1, got {self.batch_sizes}")
-        if self.rounds < 6:
-            raise ConfigError(f"rounds={self.rounds}: at least 6 are needed for a 95% confidence interval")
-        if self.warmup < 1:
-            raise ConfigError(
-                f"warmup={self.warmup}: at least 1 (compiled variants compile at the first call)"
-            )
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be null or >= 1, got {self.threads}")
-        if not 0 < self.prune_amount < 1:
-            raise ConfigError(f"prune_amount must be in (0, 1), got {self.prune_amount}")
-        if self.train_epochs < 0 or self.finetune_epochs < 0:
-            raise ConfigError("train_epochs and finetune_epochs must be >= 0")
-        from perfkit.bench.core import OPTIMIZERS
-
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer={self.optimizer!r} is not valid; allowed: {', '.join(OPTIMIZERS)}")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
-            raise ConfigError(f"image_size must be null or an integer >= 1, got {self.image_size!r}")
-        perfkit_models = {"cnn", "mlp", "resnet18", "vit"}
-        if self.train_epochs and not set(self.models) <= perfkit_models:
-            others = ", ".join(sorted(set(self.models) - perfkit_models))
-            raise ConfigError(f"models {others} have no training config: use train_epochs=0 (random weights)")
-        datasets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
-        if self.data not in datasets:
-            raise ConfigError(f"data={self.data!r} is not a dataset config; allowed: {', '.join(datasets)}")
-
-    @property
-    def data_overrides(self) -> list[str]:
-        """``data.*`` overrides for the dataset config (image size and any data_options)."""
-        options = {**self.data_options, **({"image_size": self.image_size} if self.image_size else {})}
-        return [f"data.{key}={value}" for key, value in options.items()]
-
-    @property
-    def cells_per_model(self) -> int:
-        return len(self.devices) * len(self.modes) * len(self.batch_sizes)
+def bench_config(cfg: DictConfig) -> BenchConfig:
+    """The ``bench`` node, checked (:class:`perfkit.schemas.Bench`); the ``device`` shortcut replaces
+    ``bench.devices``."""
+    spec: BenchConfig = typed_node(cfg, "bench")
+    if cfg.get("device") is not None:
+        if not is_device(str(cfg.device)):
+            raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N")
+        spec = build_typed(BenchConfig, {**dataclasses.asdict(spec), "devices": [cfg.device]}, "device")
+    datasets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
+    if spec.data not in datasets:
+        raise ConfigError(f"bench.data={spec.data!r} is not a dataset config; allowed: {', '.join(datasets)}")
+    return spec
 
 
 @dataclass
@@ -148,7 +71,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
 
     from perfkit.run import RunDirectory, environment
 
-    spec = BenchConfig.from_config(cfg.bench, cfg.get("device"))
+    spec = bench_config(cfg)
     tracking = cfg.get("wandb")
     if tracking is not None and tracking.get("enabled"):
         from perfkit.tracking import check_online_wandb

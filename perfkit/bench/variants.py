@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from perfkit.optim import compile, prune, quantize
+from perfkit.schemas import BenchMode, BenchModel, choices
 
-MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet18", "vit", "resnet50", "vit_b_16")
-MODES: tuple[str, ...] = ("inference", "train")
+MODELS = choices(BenchModel)
+MODES = choices(BenchMode)
 
 
 class Autocast(nn.Module):

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from perfkit.optim.report import attach, measure, require_module
+from perfkit.schemas import CompileMode, choices
 
-MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MODES = choices(CompileMode)
 
 
 class EagerFallback:

@@ -22,14 +22,9 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from perfkit.optim.report import PRUNABLE, attach, measure, require_module
+from perfkit.schemas import PruneMethod, choices
 
-METHODS: tuple[str, ...] = (
-    "l1_unstructured",
-    "random_unstructured",
-    "global_l1",
-    "ln_structured",
-    "channels",
-)
+METHODS = choices(PruneMethod)
 _MASK_NOTE = (
     "zeroed weights stay in dense tensors: no speed-up on dense kernels and no smaller checkpoint; "
     "use method='channels' to make the model faster"

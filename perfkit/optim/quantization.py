@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from perfkit.optim.pruning import check_example_inputs
 from perfkit.optim.report import attach, measure, replaced_layers, require_module
+from perfkit.schemas import QuantizeBackend, QuantizeScheme, choices
 
-Scheme = Literal["int8_dynamic"]
-Backend = Literal["auto", "torch_ao", "torchao"]
-SCHEMES: tuple[str, ...] = ("int8_dynamic",)
-BACKENDS: tuple[str, ...] = ("auto", "torch_ao", "torchao")
+SCHEMES = choices(QuantizeScheme)
+BACKENDS = choices(QuantizeBackend)
 # layer types torch.ao's dynamic quantization replaces
 _TORCH_AO_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,

@@ -17,65 +17,47 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelPruning
 from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from perfkit.distributed import received_from_workers, send_to_main_process
-from perfkit.optim.compiling import MODES, EagerFallback
-from perfkit.optim.pruning import METHODS, output_layer, prune_channels_inplace
+from perfkit.optim.compiling import EagerFallback
+from perfkit.optim.pruning import output_layer, prune_channels_inplace
 from perfkit.optim.report import PRUNABLE
+from perfkit.schemas import TrainOptimize
 
 
 @dataclass(frozen=True)
 class TrainingOptimizations:
-    """The validated ``optimize`` config node."""
+    """What the ``optimize`` node (:class:`perfkit.schemas.TrainOptimize`) asks of a training run."""
 
-    compile: bool = False
-    compile_mode: str = "default"
-    prune_amount: float = 0.0
-    prune_method: str = "l1_unstructured"
-    prune_at_epoch: int = 1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"optimize.compile={self.compile!r} is not valid: use true or false")
-        if self.compile_mode not in MODES:
-            raise ValueError(
-                f"optimize.compile_mode={self.compile_mode!r} is not valid; allowed: {', '.join(MODES)}"
-            )
-        amount = self.prune_amount
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1:
-            raise ValueError(
-                f"optimize.prune.amount={amount!r} is not valid: use a number in [0, 1) (0 = off)"
-            )
-        if self.prune_method not in METHODS:
-            raise ValueError(
-                f"optimize.prune.method={self.prune_method!r} is not valid; allowed: {', '.join(METHODS)}"
-            )
-        if (
-            isinstance(self.prune_at_epoch, bool)
-            or not isinstance(self.prune_at_epoch, int)
-            or self.prune_at_epoch < 0
-        ):
-            raise ValueError(
-                f"optimize.prune.at_epoch={self.prune_at_epoch!r} is not valid: use an integer >= 0"
-            )
+    compile: bool
+    compile_mode: str
+    prune_amount: float
+    prune_method: str
+    prune_at_epoch: int
 
     @property
     def prunes(self) -> bool:
         return self.prune_amount > 0
 
     @classmethod
-    def from_config(cls, node: Any) -> TrainingOptimizations:
-        if node is None:
-            return cls()
-        prune = node.get("prune") or {}
-        return cls(
-            compile=node.get("compile", False),
-            compile_mode=node.get("compile_mode", "default"),
-            prune_amount=prune.get("amount", 0.0),
-            prune_method=prune.get("method", "l1_unstructured"),
-            prune_at_epoch=prune.get("at_epoch", 1),
-        )
+    def from_config(cls, node: DictConfig | None) -> TrainingOptimizations:
+        """From the ``optimize`` node, checked against its schema (None: the schema's defaults)."""
+        from perfkit.config import build_typed
+
+        values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        typed = build_typed(TrainOptimize, values, "optimize")  # type: ignore[arg-type]
+        prune = typed.prune
+        return cls(typed.compile, typed.compile_mode, prune.amount, prune.method, prune.at_epoch)
+
+    @classmethod
+    def create(cls, **values: Any) -> TrainingOptimizations:
+        """``create(compile=True, prune_amount=0.3)``: schema defaults for the rest (checked)."""
+        prune = {
+            key.removeprefix("prune_"): values.pop(key) for key in list(values) if key.startswith("prune_")
+        }
+        return cls.from_config(OmegaConf.create({**values, "prune": prune}))
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """What was applied, for metrics.json (after training: the model as it ended up)."""

@@ -39,14 +39,9 @@ def tune(
     module: Any,
     datamodule: Any,
     *,
-    budget_s: float = 300.0,
-    max_accuracy_drop: float = 0.5,
-    modes: tuple[str, ...] | list[str] = ("train", "inference"),
-    device: str = "auto",
-    rounds: int = 12,
-    accuracy_steps: int = 60,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> TuneResult:
     """Measure candidate settings for ``module`` (a LightningModule) on ``datamodule`` and choose.
 
@@ -57,17 +52,17 @@ def tune(
     within ``max_accuracy_drop`` points after the same short run. Stops within ``budget_s`` seconds.
     With ``output_dir``, writes ``tune.json``, ``tune.md``, ``tune.png`` and
     ``configs/experiment/tuned.yaml``.
+
+    ``settings``: any key of :class:`perfkit.schemas.Tune` (``budget_s=300``, ``max_accuracy_drop=0.5``,
+    ``modes=["train"]``, ``device="auto"``, ``rounds``, ...); the others keep its defaults.
     """
-    settings = TuneSettings(
-        budget_s=budget_s,
-        max_accuracy_drop=max_accuracy_drop,
-        modes=list(modes),
-        device=device,
-        rounds=rounds,
-        accuracy_steps=accuracy_steps,
+    from perfkit.config import build_typed
+
+    checked = build_typed(
+        TuneSettings, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "tune"
     )
     with progress_bar(enabled=progress) as report_progress:
-        tuner = Tuner(module, datamodule, settings, progress=report_progress)
+        tuner = Tuner(module, datamodule, checked, progress=report_progress)
         result = tuner.run()
     if output_dir is not None:
         write_outputs(result, Path(output_dir))

@@ -18,7 +18,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_config, check_output_dir_overrides, config_dir, error_line
+from perfkit.config import (
+    ConfigError,
+    check_config,
+    check_output_dir_overrides,
+    config_dir,
+    error_line,
+    typed_node,
+)
 
 log = logging.getLogger("perfkit.tune")
 
@@ -34,16 +41,7 @@ def run(cfg: DictConfig) -> Any:
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
     from perfkit.tune.report import train_command
 
-    values: dict[str, Any] = OmegaConf.to_container(cfg.tune, resolve=True)  # type: ignore[assignment]
-    unknown = sorted(set(values) - set(TuneSettings.__dataclass_fields__))
-    if unknown:
-        allowed = ", ".join(TuneSettings.__dataclass_fields__)
-        raise ConfigError(f"unknown tune option(s) {', '.join(unknown)}; allowed: {allowed}")
-    settings = TuneSettings(**values)
-    try:
-        settings.check()
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    settings: TuneSettings = typed_node(cfg, "tune")
     run_dir = Path(cfg.paths.output_dir)
     RunDirectory(run_dir, precious=("tune.json",))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

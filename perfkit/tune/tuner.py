@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from perfkit.measure import Timing, median_confidence_interval, time_interleaved
+from perfkit.schemas import Tune as TuneSettings
 from perfkit.tune.selection import (
     ACCEPTED,
     REJECTED,
@@ -34,33 +35,6 @@ from perfkit.tune.selection import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TuneSettings:
-    """``tune.*`` in the config; see configs/tune.yaml for what each means."""
-
-    budget_s: float = 300.0
-    max_accuracy_drop: float = 0.5  # points of held-out accuracy
-    rounds: int = 12
-    warmup: int = 2
-    accuracy_steps: int = 60
-    modes: list[str] = field(default_factory=lambda: ["train", "inference"])
-    max_batch_factor: int = 8
-    device: str = "auto"
-
-    def check(self) -> None:
-        if self.budget_s <= 0:
-            raise ValueError(f"tune.budget_s={self.budget_s} must be > 0")
-        if self.max_accuracy_drop < 0:
-            raise ValueError(f"tune.max_accuracy_drop={self.max_accuracy_drop} must be >= 0")
-        if self.rounds < 6:
-            raise ValueError(f"tune.rounds={self.rounds}: at least 6 are needed for a confidence interval")
-        unknown = [m for m in self.modes if m not in ("train", "inference")]
-        if unknown or not self.modes:
-            raise ValueError(f"tune.modes={self.modes} is not valid; allowed: train, inference")
-        if self.max_batch_factor < 1 or self.accuracy_steps < 1 or self.warmup < 0:
-            raise ValueError("tune.max_batch_factor and tune.accuracy_steps must be >= 1, tune.warmup >= 0")
 
 
 @dataclass
@@ -103,7 +77,6 @@ class Tuner:
         settings: TuneSettings,
         progress: Callable[[Outcome], None] | None = None,
     ) -> None:
-        settings.check()
         self.settings = settings
         self.device = _device(settings.device)
         self.module = module

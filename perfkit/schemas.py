@@ -1,0 +1,186 @@
+"""The typed config nodes of perfkit's commands: ``optimize`` (training-time optimizations in
+``perfkit.train``), ``bench`` and ``tune``.
+
+Each dataclass holds the one default of each key: Hydra's ConfigStore serves it as
+``schema/<node>``, which the YAML configs put first in their defaults list, so YAML files list only
+what they change (``--cfg job`` shows every key). :func:`perfkit.config.check_config` checks a
+composed node against its dataclass (unknown keys, ``Literal`` choices, types) and the dataclass's
+``__post_init__`` checks ranges. Literal aliases are the single list of choices the runtime modules
+use too. Plain data: no torch imports here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+PruneMethod = Literal["l1_unstructured", "random_unstructured", "global_l1", "ln_structured", "channels"]
+QuantizeScheme = Literal["int8_dynamic"]
+QuantizeBackend = Literal["auto", "torch_ao", "torchao"]
+BenchModel = Literal["cnn", "mlp", "resnet18", "vit", "resnet50", "vit_b_16"]
+BenchVariant = Literal[
+    "eager",
+    "compile",
+    "bf16",
+    "prune_unstructured",
+    "prune_channels",
+    "int8_dynamic",
+    "compile_channels",
+    "tf32",
+    "channels_last",
+    "bf16_channels_last",
+    "compile_max_autotune",
+    "cuda_graphs",
+    "bf16_channels_last_compile",
+    "bf16_channels_last_max_autotune",
+    "handwritten",
+]
+BenchMode = Literal["inference", "train"]  # inference: forward; train: forward + backward + step
+BenchOptimizer = Literal["sgd", "adamw"]  # adamw: torch's fused AdamW
+TuneMode = Literal["train", "inference"]
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def is_device(name: str) -> bool:
+    """cpu, cuda or cuda:N."""
+    return _DEVICE.fullmatch(name) is not None
+
+
+def choices(alias: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` alias allows."""
+    return tuple(get_args(alias))
+
+
+@dataclass
+class PruneDuringTraining:
+    amount: float = 0.0  # fraction of weights (masks) or channels to remove; 0 = no pruning
+    method: PruneMethod = "l1_unstructured"
+    at_epoch: int = 1  # prune when this epoch starts (0 = before training), then fine-tune
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.amount < 1:
+            raise ValueError(f"amount={self.amount!r} is not valid: use a number in [0, 1) (0 = off)")
+        if self.at_epoch < 0:
+            raise ValueError(f"at_epoch={self.at_epoch!r} is not valid: use an integer >= 0")
+
+
+@dataclass
+class TrainOptimize:
+    """``optimize``: optimizations applied while training (see perfkit.optim.training)."""
+
+    compile: bool = False  # torch.compile the model's forward
+    compile_mode: CompileMode = "default"
+    prune: PruneDuringTraining = field(default_factory=PruneDuringTraining)
+
+
+@dataclass
+class Bench:
+    """``bench``: the variant benchmark's matrix and timing. The defaults are the quick preset (about
+    2-3 minutes on 2 CPU cores); ``bench=full`` and ``bench=gpu`` change some keys."""
+
+    models: list[BenchModel] = field(default_factory=lambda: ["cnn", "mlp"])
+    variants: list[BenchVariant] = field(
+        default_factory=lambda: [
+            "eager",
+            "compile",
+            "bf16",
+            "prune_unstructured",
+            "prune_channels",
+            "int8_dynamic",
+            "compile_channels",
+        ]
+    )
+    devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])  # cuda rows skip without a GPU
+    modes: list[BenchMode] = field(default_factory=lambda: ["inference", "train"])
+    batch_sizes: list[int] = field(default_factory=lambda: [64])
+    rounds: int = 20  # interleaved rounds: every variant once per round (>= 6 for a confidence interval)
+    warmup: int = 2  # untimed calls per variant first (the first compiles)
+    threads: int | None = None  # torch threads while timing (None: torch's default, one per core)
+    prune_amount: float = 0.5  # fraction of weights (unstructured) or channels (channels) removed
+    data: str = "mnist"  # dataset config used for training and for held-out accuracy
+    train_epochs: int = 3  # train each model this long first (0: random weights, no accuracy)
+    finetune_epochs: int = 1  # after channel pruning (0: none)
+    optimizer: BenchOptimizer = "sgd"  # of the timed training step
+    image_size: int | None = None  # overrides the dataset's image size (data.image_size)
+    data_options: dict[str, Any] = field(default_factory=dict)  # more data.* overrides
+
+    def __post_init__(self) -> None:
+        for name in ("models", "variants", "devices", "modes", "batch_sizes"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: choose at least one")
+        bad = [device for device in self.devices if not is_device(str(device))]
+        if bad:
+            raise ValueError(f"devices: {', '.join(map(repr, bad))} not valid; allowed: cpu, cuda, cuda:N")
+        if any(size < 1 for size in self.batch_sizes):
+            raise ValueError(f"batch_sizes={self.batch_sizes}: every size must be >= 1")
+        if self.rounds < 6:
+            raise ValueError(f"rounds={self.rounds}: at least 6 are needed for a 95% confidence interval")
+        if self.warmup < 1:
+            raise ValueError(
+                f"warmup={self.warmup}: at least 1 (compiled variants compile at the first call)"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads}: use null or an integer >= 1")
+        if not 0 < self.prune_amount < 1:
+            raise ValueError(f"prune_amount={self.prune_amount}: use a number in (0, 1)")
+        if self.train_epochs < 0 or self.finetune_epochs < 0:
+            raise ValueError("train_epochs and finetune_epochs must be >= 0")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size={self.image_size}: use null or an integer >= 1")
+        trainable = {"cnn", "mlp", "resnet18", "vit"}
+        if self.train_epochs and not set(self.models) <= trainable:
+            others = ", ".join(sorted(set(self.models) - trainable))
+            raise ValueError(f"models: {others} have no training config: use train_epochs=0 (random weights)")
+
+    @property
+    def data_overrides(self) -> list[str]:
+        """``data.*`` overrides for the dataset config (image size and any data_options)."""
+        options = {**self.data_options, **({"image_size": self.image_size} if self.image_size else {})}
+        return [f"data.{key}={value}" for key, value in options.items()]
+
+    @property
+    def cells_per_model(self) -> int:
+        return len(self.devices) * len(self.modes) * len(self.batch_sizes)
+
+
+@dataclass
+class Tune:
+    """``tune``: what the tuner measures and within which budget."""
+
+    budget_s: float = 300.0  # wall-clock budget; the tuner stays within it (+-10%) and keeps the best so far
+    max_accuracy_drop: float = 0.5  # points of held-out accuracy a numerics-changing setting may cost
+    rounds: int = 12  # interleaved rounds per comparison (>= 6 for a confidence interval)
+    warmup: int = 2
+    accuracy_steps: int = 60  # optimizer steps of the short runs that accuracy is compared after
+    modes: list[TuneMode] = field(default_factory=lambda: ["train", "inference"])
+    max_batch_factor: int = 8  # training batch sizes tried: 2x, 4x, ... up to this factor of data.batch_size
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s={self.budget_s} must be > 0")
+        if self.max_accuracy_drop < 0:
+            raise ValueError(f"max_accuracy_drop={self.max_accuracy_drop} must be >= 0")
+        if self.rounds < 6:
+            raise ValueError(f"rounds={self.rounds}: at least 6 are needed for a confidence interval")
+        if not self.modes:
+            raise ValueError("modes: choose at least one; allowed: train, inference")
+        if self.max_batch_factor < 1 or self.accuracy_steps < 1 or self.warmup < 0:
+            raise ValueError("max_batch_factor and accuracy_steps must be >= 1, warmup >= 0")
+
+
+# config node -> its schema
+NODES: dict[str, type] = {"optimize": TrainOptimize, "bench": Bench, "tune": Tune}
+
+
+def register() -> None:
+    """Serve each schema's defaults to Hydra as ``schema/<node>`` (plain values: OmegaConf cannot hold
+    ``Literal`` types, so :func:`perfkit.config.check_config` checks those)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for node, schema in NODES.items():
+        store.store(group="schema", name=node, node=asdict(schema()))
