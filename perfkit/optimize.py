@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import ConfigError, check_output_dir_overrides, check_required, config_dir, error_line
+from perfkit.cli import command
+from perfkit.config import ConfigError, check_required
 
 log = logging.getLogger(__name__)
 
@@ -235,22 +234,7 @@ def _time_stages(
         torch.set_num_threads(previous_threads)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="optimize")
-def _hydra_main(cfg: DictConfig) -> None:
-    from hydra.errors import InstantiationException
-
-    try:
-        optimize(cfg)
-    except (ConfigError, ValueError, InstantiationException) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"perfkit.optimize: error: {error_line(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def main() -> None:
-    check_output_dir_overrides("perfkit.optimize")
-    _hydra_main()
+main = command("perfkit.optimize", "optimize", optimize, user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -12,21 +12,10 @@ gets per-rank traces under ``tensorboard/profiler`` and the step breakdown in ``
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from perfkit.cli import command
+from perfkit.train import train_objective
 
-from perfkit.config import check_output_dir_overrides, config_dir
-from perfkit.train import run_task
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="profile")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(cfg, "perfkit.profile")
-
-
-def main() -> None:
-    check_output_dir_overrides("perfkit.profile")
-    _hydra_main()
+main = command("perfkit.profile", "profile", train_objective)
 
 
 if __name__ == "__main__":

@@ -4,34 +4,23 @@
     python -m perfkit.train model=vit data=digits
     python -m perfkit.train strategy=ddp devices=2 accelerator=cpu
 
-:func:`train` does the work and is what tests and library users call; :func:`main` only adds Hydra's
-command line and turns configuration errors into one line on stderr with exit status 2.
+:func:`train` does the work and is what tests and library users call; :func:`main` is
+:func:`perfkit.cli.command` around it: Hydra's command line, and every failure as one line.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
-import os
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import (
-    ConfigError,
-    check_config,
-    check_output_dir_overrides,
-    config_dir,
-    error_line,
-    fit_to_targets,
-    instantiate_all,
-)
+from perfkit.cli import command, take_command_start
+from perfkit.config import check_config, fit_to_targets, instantiate_all
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +32,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     # the command's start for the CLI's first run; a library call (or a later sweep job) counts from here
-    launched_at = _command_started.pop() if _command_started else time.time()
+    launched_at = take_command_start() or time.time()
     for group, keys in fit_to_targets(cfg).items():
         log.info(
             "%s: %s takes no %s; perfkit's values for them are left out",
@@ -315,67 +304,6 @@ def _device_name(trainer: Any) -> str:
     return str(device.type)
 
 
-def run_task(cfg: DictConfig, program: str) -> float | None:
-    """What a Hydra entry point runs: :func:`train`, with errors as one line on stderr.
-
-    A configuration error exits with status 2 (in a sweep too, after recording the job in the sweep
-    summary). In a Hydra sweep a job that fails while running is recorded in the summary, returns NaN,
-    and the sweep goes on; it exits with status 1 at the end (see :mod:`perfkit.sweep`).
-    """
-    from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from perfkit.callbacks import DivergedError
-    from perfkit.distributed import dead_ranks, rank_description
-    from perfkit.run import is_launching_process
-    from perfkit.sweep import in_sweep, record_failure
-
-    try:
-        metrics = train(cfg)
-    except (ConfigError, MisconfigurationException, InstantiationException) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{program}: error: {error_line(error)}{_monitor_hint(error)}", file=sys.stderr)
-        if in_sweep() and is_launching_process():
-            # a configuration error usually holds for every job: end the sweep, keeping its summary
-            record_failure(error_line(error), final=True)
-        sys.exit(2)
-    except SIGTERMException:
-        # Lightning ends fit with SystemExit(None), status 0: schedulers would record a success
-        if is_launching_process():
-            print(f"{program}: {_interrupted_note(Path(cfg.paths.output_dir))}", file=sys.stderr)
-        sys.exit(143)
-    except DivergedError as error:
-        if is_launching_process():  # every rank stopped together: one line, from the launching one
-            print(f"{program}: error: {error}", file=sys.stderr)
-            if in_sweep():
-                record_failure(str(error))
-                return math.nan
-        sys.exit(1)
-    except Exception as error:
-        rank = rank_description()
-        # only a lost connection points elsewhere: rank 0's own error must not be blamed on the ranks it
-        # took down with it
-        dead = dead_ranks() if rank and _lost_contact(error) else []
-        if dead:  # this rank only lost contact with the one that died: name that one
-            print(
-                f"{program}: {', '.join(dead)} died first; {rank} stopped because it lost contact "
-                f"({type(error).__name__}: {_lost_contact_reason(error)})",
-                file=sys.stderr,
-            )
-            if not in_sweep():
-                sys.exit(1)
-        elif rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
-            print(f"{program}: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr)
-        if in_sweep() and is_launching_process():
-            log.exception("%s: this sweep job failed; the sweep goes on", program)
-            record_failure(f"{type(error).__name__}: {error_line(error)}")
-            return math.nan
-        raise
-    return monitored_value(metrics, str(cfg.get("monitor", "val/acc")))
-
-
 def monitored_value(metrics: Mapping[str, Any], monitor: str) -> float | None:
     """The monitored validation metric of a run (``val/acc`` -> ``metrics["val"]["acc"]``): the value a
     Hydra sweeper optimises."""
@@ -383,59 +311,12 @@ def monitored_value(metrics: Mapping[str, Any], monitor: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def _monitor_hint(error: BaseException) -> str:
-    """Lightning's missing-monitor error names the metrics logged; say which key chooses the monitored one."""
-    if "could not find the monitored key" not in str(error):
-        return ""
-    return (
-        " (perfkit's checkpoint and early stopping follow monitor=...: set it to a metric your module logs)"
-    )
+def train_objective(cfg: DictConfig) -> float | None:
+    """:func:`train`, returning the monitored validation metric: what a Hydra sweeper optimises."""
+    return monitored_value(train(cfg), str(cfg.get("monitor", "val/acc")))
 
 
-_LOST_CONTACT = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
-
-
-def _lost_contact(error: BaseException) -> bool:
-    """Whether ``error`` is a collective failing because another process went away."""
-    name = type(error).__name__
-    text = str(error).lower()
-    return name in ("DistBackendError", "DistNetworkError") or any(sign in text for sign in _LOST_CONTACT)
-
-
-def _lost_contact_reason(error: BaseException) -> str:
-    """gloo's "[.../pair.cc:545] Read error [127.0.0.1]:20905: Connection reset by peer. This is ..."
-    without the source location and the advice."""
-    import re
-
-    return re.sub(r"^\[[^\]]*\]\s*", "", error_line(error)).split(". ")[0][:160]
-
-
-def _interrupted_note(run_dir: Path) -> str:
-    """What a run stopped by SIGTERM left behind, and how to continue it."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return (
-            f"stopped by SIGTERM; {last} (the end of the last finished epoch) is kept: continue with "
-            f"resume=auto hydra.run.dir={run_dir}"
-        )
-    return f"stopped by SIGTERM before the first epoch ended; no checkpoint to resume from in {run_dir}"
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(cfg, "perfkit.train")
-
-
-# set by main(): when the command started, consumed by the first train() call
-_command_started: list[float] = []
-
-
-def main() -> None:
-    from perfkit.run import process_start_time
-
-    _command_started[:] = [process_start_time()]
-    check_output_dir_overrides("perfkit.train")
-    _hydra_main()
+main = command("perfkit.train", "train", train_objective)
 
 
 if __name__ == "__main__":

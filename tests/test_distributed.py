@@ -375,22 +375,3 @@ def test_slurm_template_under_a_simulated_srun(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = _metrics(tmp_path / "outputs" / "train" / "runs" / "slurm-4242")
     assert metrics["world_size"] == 2 and metrics["train_samples_per_epoch"] == [2 * 5 * 16]
-
-
-@pytest.mark.parametrize(
-    ("error", "lost"),
-    [
-        (
-            RuntimeError("[pair.cc:545] Read error [127.0.0.1]:20905: Connection reset by peer. This is ..."),
-            True,
-        ),
-        (RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:10475. This is ..."), True),
-        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
-        (ValueError("injected failure on rank 0"), False),
-    ],
-)
-def test_only_a_lost_connection_is_blamed_on_another_rank(error: Exception, lost: bool) -> None:
-    """Rank 0's own error must not be reported as caused by the ranks that died after it."""
-    from perfkit.train import _lost_contact
-
-    assert _lost_contact(error) is lost

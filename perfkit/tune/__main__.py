@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.config import (
-    ConfigError,
-    check_config,
-    check_output_dir_overrides,
-    config_dir,
-    error_line,
-    typed_node,
-)
+from perfkit.cli import command
+from perfkit.config import check_config, typed_node
 
 log = logging.getLogger("perfkit.tune")
 
@@ -152,20 +144,7 @@ def _train_in_a_fresh_process(
     return float(json.loads(metrics.read_text())["test"]["acc"])
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="tune")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"perfkit.tune: error: {error_line(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def main() -> None:
-    check_output_dir_overrides("perfkit.tune")
-    _hydra_main()
+main = command("perfkit.tune", "tune", run)
 
 
 if __name__ == "__main__":

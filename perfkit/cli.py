@@ -1,0 +1,177 @@
+"""One runner for every perfkit command (train, profile, optimize, bench, tune).
+
+:func:`command` puts Hydra's command line around a task function ``task(cfg)``; :func:`run_task`
+turns every way a task can fail into one line on stderr and an exit status:
+
+- 2: a configuration error (``ConfigError``, Lightning's ``MisconfigurationException``, a class that
+  refuses its arguments), in a Hydra sweep too, after recording the job in the sweep summary;
+- 1: training diverged, or a rank died (naming the rank that died first);
+- 130: Ctrl-C, 143: SIGTERM (saying what is kept and how to resume);
+- in a Hydra sweep, a job that fails while running is recorded, returns NaN and the sweep goes on
+  (it exits with status 1 at the end, see :mod:`perfkit.sweep`).
+
+``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[DictConfig], Any]
+
+
+def command(
+    program: str, config_name: str, task: Task, *, user_errors: tuple[type[Exception], ...] = ()
+) -> Callable[[], None]:
+    """The console entry point of ``program``: ``task`` on the config ``config_name`` composed from the
+    command line. ``user_errors``: more exception types that mean bad input (exit status 2)."""
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    def hydra_main(cfg: DictConfig) -> Any:
+        return run_task(cfg, program, task, user_errors=user_errors)
+
+    def main() -> None:
+        from perfkit.run import process_start_time
+
+        _command_started[:] = [process_start_time()]
+        check_output_dir_overrides(program)
+        hydra_main()
+
+    return main
+
+
+# set by a command's main(): when the command started, taken by the first training run
+_command_started: list[float] = []
+
+
+def take_command_start() -> float | None:
+    """When this command's process started, once (a later run in the same process, such as the next
+    job of a sweep, counts from its own start); None outside a command."""
+    return _command_started.pop() if _command_started else None
+
+
+def run_task(
+    cfg: DictConfig, program: str, task: Task, *, user_errors: tuple[type[Exception], ...] = ()
+) -> Any:
+    """``task(cfg)``, with every failure as one line and an exit status (see the module docstring)."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from perfkit.callbacks import DivergedError
+    from perfkit.run import is_launching_process
+    from perfkit.sweep import in_sweep, record_failure
+
+    bad_input: tuple[type[Exception], ...] = (
+        ConfigError,
+        MisconfigurationException,
+        InstantiationException,
+        *user_errors,
+    )
+    try:
+        return task(cfg)
+    except bad_input as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{program}: error: {error_line(error)}{_monitor_hint(error)}", file=sys.stderr)
+        if in_sweep() and is_launching_process():
+            # a configuration error usually holds for every job: end the sweep, keeping its summary
+            record_failure(error_line(error), final=True)
+        sys.exit(2)
+    except SIGTERMException:
+        # Lightning ends fit with SystemExit(None), status 0: schedulers would record a success
+        if is_launching_process():
+            print(f"{program}: {_interrupted_note(Path(cfg.paths.output_dir))}", file=sys.stderr)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        if is_launching_process():
+            print(f"{program}: interrupted; what finished is in {cfg.paths.output_dir}", file=sys.stderr)
+        sys.exit(130)
+    except DivergedError as error:
+        if is_launching_process():  # every rank stopped together: one line, from the launching one
+            print(f"{program}: error: {error}", file=sys.stderr)
+            if in_sweep():
+                record_failure(str(error))
+                return math.nan
+        sys.exit(1)
+    except Exception as error:
+        if _report_failure(program, error):
+            return math.nan
+        raise
+
+
+def _report_failure(program: str, error: Exception) -> bool:
+    """Say which rank failed (or died first); True when the sweep goes on without this job."""
+    from perfkit.distributed import dead_ranks, rank_description
+    from perfkit.run import is_launching_process
+    from perfkit.sweep import in_sweep, record_failure
+
+    rank = rank_description()
+    # only a lost connection points elsewhere: rank 0's own error must not be blamed on the ranks it
+    # took down with it
+    dead = dead_ranks() if rank and _lost_contact(error) else []
+    if dead:  # this rank only lost contact with the one that died: name that one
+        print(
+            f"{program}: {', '.join(dead)} died first; {rank} stopped because it lost contact "
+            f"({type(error).__name__}: {_lost_contact_reason(error)})",
+            file=sys.stderr,
+        )
+        if not in_sweep():
+            sys.exit(1)
+    elif rank:  # in a DDP job, say which rank failed: the others often fail only in consequence
+        print(f"{program}: {rank} failed: {type(error).__name__}: {error_line(error)}", file=sys.stderr)
+    if in_sweep() and is_launching_process():
+        log.exception("%s: this sweep job failed; the sweep goes on", program)
+        record_failure(f"{type(error).__name__}: {error_line(error)}")
+        return True
+    return False
+
+
+def _monitor_hint(error: BaseException) -> str:
+    """Lightning's missing-monitor error names the metrics logged; say which key chooses the monitored one."""
+    if "could not find the monitored key" not in str(error):
+        return ""
+    return (
+        " (perfkit's checkpoint and early stopping follow monitor=...: set it to a metric your module logs)"
+    )
+
+
+_LOST_CONTACT = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+
+
+def _lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process went away."""
+    name = type(error).__name__
+    text = str(error).lower()
+    return name in ("DistBackendError", "DistNetworkError") or any(sign in text for sign in _LOST_CONTACT)
+
+
+def _lost_contact_reason(error: BaseException) -> str:
+    """gloo's "[.../pair.cc:545] Read error [127.0.0.1]:20905: Connection reset by peer. This is ..."
+    without the source location and the advice."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", error_line(error)).split(". ")[0][:160]
+
+
+def _interrupted_note(run_dir: Path) -> str:
+    """What a run stopped by SIGTERM left behind, and how to continue it."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return (
+            f"stopped by SIGTERM; {last} (the end of the last finished epoch) is kept: continue with "
+            f"resume=auto hydra.run.dir={run_dir}"
+        )
+    return f"stopped by SIGTERM before the first epoch ended; no checkpoint to resume from in {run_dir}"
