@@ -27,39 +27,19 @@ log = logging.getLogger(__name__)
 def optimize(cfg: DictConfig) -> dict[str, Any]:
     """Apply the requested transforms stage by stage; measure accuracy, latency, size for each."""
     import torch
-    from hydra.utils import instantiate
 
-    from perfkit.measure import accuracy as test_accuracy
-    from perfkit.optim import compile as compile_model
-    from perfkit.optim import prune, quantize, reports
-    from perfkit.optim.quantization import BACKENDS, SCHEMES
-    from perfkit.optim.report import count_parameters, serialized_size
+    from perfkit.optim import reports
     from perfkit.run import RunDirectory, environment, write_json
+    from perfkit.train import build
 
     check_required(cfg)
     checkpoint, run_cfg = load_run(cfg.ckpt_path)
-    if cfg.quantize is not None and cfg.quantize not in SCHEMES:
-        raise ConfigError(f"quantize={cfg.quantize!r} is not valid; allowed: null, {', '.join(SCHEMES)}")
-    if cfg.quantize_backend not in BACKENDS:
-        raise ConfigError(
-            f"quantize_backend={cfg.quantize_backend!r} is not valid; allowed: {', '.join(BACKENDS)}"
-        )
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda is not available on this machine; use device=cpu")
-    if cfg.quantize and device.type != "cpu":
-        raise ConfigError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
+    device = _check_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     RunDirectory(output_dir, precious=("comparison.json", "optimized.pt"))
 
     torch.manual_seed(cfg.seed)
-    datamodule = instantiate(run_cfg.data)
-    model = instantiate(run_cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
+    datamodule, model = build(run_cfg)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
@@ -68,58 +48,8 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
             f"has a smaller architecture than its config describes): {str(error).splitlines()[0]}"
         ) from None
     datamodule.setup("fit")
-    example = next(iter(datamodule.test_dataloader()))[0][:1]
-
-    stages: list[tuple[str, Any]] = [("original", model.net.eval())]
-    current = model.net
-    if cfg.prune.amount:
-        current = prune(current, amount=cfg.prune.amount, method=cfg.prune.method, example_inputs=example)
-        label = f"prune {cfg.prune.method} {cfg.prune.amount}"
-        if cfg.prune.finetune_epochs:
-            current = finetune(current, model, datamodule, run_cfg, cfg.prune.finetune_epochs, device)
-            label += f" + fine-tune {cfg.prune.finetune_epochs} ep"
-        stages.append((label, current.eval()))
-    if cfg.quantize:
-        current = quantize(current, scheme=cfg.quantize, backend=cfg.quantize_backend)
-        stages.append((f"{stages[-1][0]} + {cfg.quantize}" if len(stages) > 1 else cfg.quantize, current))
-    if cfg.compile:
-        current = compile_model(current, mode=cfg.compile_mode)
-        stages.append((f"{stages[-1][0]} + compile" if len(stages) > 1 else "compile", current.eval()))
-    if len(stages) == 1:
-        raise ConfigError("nothing to do: set prune.amount, quantize=int8_dynamic and/or compile=true")
-
-    rows: list[dict[str, Any]] = []
-    for name, net in stages:
-        if device.type == "cpu" or not cfg.quantize:
-            net.to(device)
-        accuracy = test_accuracy(net, datamodule.test_dataloader(), device)
-        rows.append(
-            {
-                "variant": name,
-                "test_acc": accuracy,
-                "parameters": count_parameters(net),
-                "size_bytes": serialized_size(net),
-            }
-        )
-        log.info("%s: test accuracy %.4f", name, accuracy)
-
-    timings = _time_stages(stages, datamodule, cfg.benchmark, device)
-    from perfkit.measure import speedup
-
-    baseline = timings["original"]
-    for row in rows:
-        timing = timings[row["variant"]]
-        ratio = speedup(baseline, timing)
-        row.update(
-            latency_ms_median=timing.median_ms,
-            latency_ms_iqr=timing.iqr_ms,
-            latency_ms_p90=timing.p90_ms,
-            speedup=ratio.median,
-            speedup_p10=ratio.low,
-            speedup_p90=ratio.high,
-            acc_drop_points=100 * (rows[0]["test_acc"] - row["test_acc"]),
-            size_ratio=rows[0]["size_bytes"] / row["size_bytes"],
-        )
+    stages = _transform_stages(cfg, model, datamodule, run_cfg, device)
+    rows = _measure_stages(stages, datamodule, cfg, device)
 
     final = stages[-1][1]
     torch.save(final, output_dir / "optimized.pt")
@@ -140,6 +70,99 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     print(table)
     log.info("optimized model and comparison in %s", output_dir)
     return result
+
+
+def _check_options(cfg: DictConfig) -> Any:
+    """The measuring device, once the options are known to be valid together."""
+    import torch
+
+    from perfkit.optim.quantization import BACKENDS, SCHEMES
+
+    if cfg.quantize is not None and cfg.quantize not in SCHEMES:
+        raise ConfigError(f"quantize={cfg.quantize!r} is not valid; allowed: null, {', '.join(SCHEMES)}")
+    if cfg.quantize_backend not in BACKENDS:
+        raise ConfigError(
+            f"quantize_backend={cfg.quantize_backend!r} is not valid; allowed: {', '.join(BACKENDS)}"
+        )
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda is not available on this machine; use device=cpu")
+    if cfg.quantize and device.type != "cpu":
+        raise ConfigError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
+    return device
+
+
+def _transform_stages(
+    cfg: DictConfig, model: Any, datamodule: Any, run_cfg: DictConfig, device: Any
+) -> list[tuple[str, Any]]:
+    """(label, network) after each transform, in order: original, prune (+ fine-tune), quantize, compile."""
+    from perfkit.optim import compile as compile_model
+    from perfkit.optim import prune, quantize
+
+    example = next(iter(datamodule.test_dataloader()))[0][:1]
+    stages: list[tuple[str, Any]] = [("original", model.net.eval())]
+    current = model.net
+    if cfg.prune.amount:
+        current = prune(current, amount=cfg.prune.amount, method=cfg.prune.method, example_inputs=example)
+        label = f"prune {cfg.prune.method} {cfg.prune.amount}"
+        if cfg.prune.finetune_epochs:
+            current = finetune(current, model, datamodule, run_cfg, cfg.prune.finetune_epochs, device)
+            label += f" + fine-tune {cfg.prune.finetune_epochs} ep"
+        stages.append((label, current.eval()))
+    if cfg.quantize:
+        current = quantize(current, scheme=cfg.quantize, backend=cfg.quantize_backend)
+        stages.append((f"{stages[-1][0]} + {cfg.quantize}" if len(stages) > 1 else cfg.quantize, current))
+    if cfg.compile:
+        current = compile_model(current, mode=cfg.compile_mode)
+        stages.append((f"{stages[-1][0]} + compile" if len(stages) > 1 else "compile", current.eval()))
+    if len(stages) == 1:
+        raise ConfigError("nothing to do: set prune.amount, quantize=int8_dynamic and/or compile=true")
+    return stages
+
+
+def _measure_stages(
+    stages: list[tuple[str, Any]], datamodule: Any, cfg: DictConfig, device: Any
+) -> list[dict[str, Any]]:
+    """One row per stage: test accuracy, size, and latency timed interleaved with the original."""
+    from perfkit.measure import accuracy as test_accuracy
+    from perfkit.measure import speedup
+    from perfkit.optim.report import count_parameters, serialized_size
+
+    rows: list[dict[str, Any]] = []
+    for name, net in stages:
+        if device.type == "cpu" or not cfg.quantize:
+            net.to(device)
+        accuracy = test_accuracy(net, datamodule.test_dataloader(), device)
+        rows.append(
+            {
+                "variant": name,
+                "test_acc": accuracy,
+                "parameters": count_parameters(net),
+                "size_bytes": serialized_size(net),
+            }
+        )
+        log.info("%s: test accuracy %.4f", name, accuracy)
+    timings = _time_stages(stages, datamodule, cfg.benchmark, device)
+    baseline = timings["original"]
+    for row in rows:
+        timing = timings[row["variant"]]
+        ratio = speedup(baseline, timing)
+        row.update(
+            latency_ms_median=timing.median_ms,
+            latency_ms_iqr=timing.iqr_ms,
+            latency_ms_p90=timing.p90_ms,
+            speedup=ratio.median,
+            speedup_p10=ratio.low,
+            speedup_p90=ratio.high,
+            acc_drop_points=100 * (rows[0]["test_acc"] - row["test_acc"]),
+            size_ratio=rows[0]["size_bytes"] / row["size_bytes"],
+        )
+    return rows
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,9 @@ def _train(
 ) -> dict[str, Any]:
     # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from perfkit import distributed
-    from perfkit.callbacks import DivergenceCheck, TrainingSpeed, add_progress_bar
     from perfkit.checkpoint import check_fits, read_checkpoint
-    from perfkit.optim.training import TrainingOptimizations
-    from perfkit.run import environment, resume_checkpoint, write_json
+    from perfkit.run import resume_checkpoint, write_json
     from perfkit.tracking import check_loggers, finish_training_runs
 
     check_loggers(cfg.get("logger"))
@@ -78,11 +74,65 @@ def _train(
     ckpt_path = str(resume_from) if resume_from else cfg.get("ckpt_path")
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
+    datamodule, model = build(cfg)
     if ckpt_path:
         key = "resume=auto" if resume_from else "ckpt_path"
         check_fits(read_checkpoint(Path(ckpt_path), key), model, key, Path(ckpt_path))
+    trainer, speed, optimizations = build_trainer(cfg, model, launched_at=launched_at)
+    _record_config(cfg, trainer, run_dir, resume_from)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
+    for callback in trainer.callbacks:
+        collect = getattr(callback, "collect", None)
+        if callable(collect):
+            collect(trainer)
+    # with pruning, the best checkpoint may predate it: evaluate the final (pruned, fine-tuned) weights
+    result = evaluate(trainer, model, datamodule, final_weights=optimizations.prunes)
+
+    epochs, optimizer_steps = speed.progress or (trainer.current_epoch, trainer.global_step)
+    metrics = RunMetrics(
+        val=result.val,
+        test=result.test,
+        speed=speed.summary(trainer.world_size),
+        epochs=epochs,
+        optimizer_steps=optimizer_steps,
+        **_setup_description(trainer, model, datamodule, cfg.seed),
+        best_checkpoint=_relative_to(result.best_checkpoint, run_dir) if result.best_checkpoint else None,
+        evaluated=result.evaluated,
+        optimize={**optimizations.summary(model), **_compile_summary(trainer)},
+        resumed_from=_relative_to(str(resume_from), run_dir) if resume_from else None,
+        wall_time_s=round(time.perf_counter() - started, 3),
+        profile=_profile_summary(run_dir) if trainer.is_global_zero else None,
+    ).as_dict()
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        log.info("run directory: %s", run_dir)
+    reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
+    finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
+    return metrics
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any]:
+    """The datamodule and the model of a training config; the model gets the datamodule's
+    ``input_shape``/``num_classes`` when it takes them (what every perfkit command builds)."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
+    return datamodule, model
+
+
+def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[Any, Any, Any]:
+    """The Trainer with perfkit's callbacks (speed, divergence check, training-time optimizations),
+    loggers and profiler; checked before any DDP process starts."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from perfkit import distributed
+    from perfkit.callbacks import DivergenceCheck, TrainingSpeed, add_progress_bar
+    from perfkit.optim.training import TrainingOptimizations
+
     speed = TrainingSpeed(launched_at=launched_at)
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
     callbacks = [
@@ -92,7 +142,6 @@ def _train(
         DivergenceCheck(),
     ]
     add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
-    loggers = instantiate_all(cfg.get("logger"), instantiate)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
     # perfkit's torch.profiler is a callback; Lightning's own profilers go to the Trainer
     if isinstance(profiler, L.Callback):
@@ -101,78 +150,107 @@ def _train(
         cfg.trainer,
         strategy=build_strategy(cfg.strategy.name, cfg.strategy.get("options")),
         callbacks=callbacks,
-        logger=loggers or False,
+        logger=instantiate_all(cfg.get("logger"), instantiate) or False,
         profiler=None if isinstance(profiler, L.Callback) else profiler,
         _convert_="all",
     )
-
     distributed.remember_trainer(trainer)
-    # before DDP processes start
     optimizations.check_trainer(trainer)
     distributed.check_multirun(trainer)
     distributed.check_master_port(trainer)
+    return trainer, speed, optimizations
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+def _record_config(cfg: DictConfig, trainer: Any, run_dir: Path, resume_from: Path | None) -> None:
+    """``config.yaml`` in the run directory (rank 0) and the hyper-parameters in every logger."""
+    from perfkit.run import environment
+
     if trainer.is_global_zero:
         OmegaConf.save(cfg, _config_file(run_dir), resolve=True)
         log.info("run directory: %s%s", run_dir, f" (resuming from {resume_from})" if resume_from else "")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "system": environment()})  # type: ignore[dict-item]
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
-    for callback in callbacks:
-        collect = getattr(callback, "collect", None)
-        if callable(collect):
-            collect(trainer)
+
+@dataclass
+class Evaluation:
+    val: dict[str, float]
+    test: dict[str, float]
+    best_checkpoint: str  # "" when no checkpoint callback saved one
+    evaluated: str  # "best checkpoint" or "final weights"
+
+
+def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool = False) -> Evaluation:
+    """Validate and test the best checkpoint (``final_weights``: the weights in memory)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     # the checkpoint that tracks a monitored metric holds the best model (Lightning's default one, if
     # no callback is configured, monitors nothing and holds the last)
-    checkpoints = trainer.checkpoint_callbacks
-    best_keeper = next((c for c in checkpoints if isinstance(c, ModelCheckpoint) and c.monitor), None)
-    best_keeper = best_keeper or next((c for c in checkpoints if isinstance(c, ModelCheckpoint)), None)
-    best = best_keeper.best_model_path if best_keeper else ""
-    # None: the weights in memory. With pruning, the best checkpoint may predate it: evaluate the
-    # final (pruned, fine-tuned) weights instead.
-    evaluate_from = None if optimizations.prunes else best or None
-    val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=False)
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluate_from, verbose=True)
+    keepers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    keeper = next((c for c in keepers if c.monitor), keepers[0] if keepers else None)
+    best = keeper.best_model_path if keeper else ""
+    source = None if final_weights else best or None
+    val = trainer.validate(model, datamodule=datamodule, ckpt_path=source, verbose=False)
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=source, verbose=True)
+    return Evaluation(
+        val=_strip_prefix(val[0], "val/") if val else {},
+        test=_strip_prefix(test[0], "test/") if test else {},
+        best_checkpoint=best,
+        evaluated="best checkpoint" if source else "final weights",
+    )
 
-    epochs, optimizer_steps = speed.progress or (trainer.current_epoch, trainer.global_step)
-    metrics: dict[str, Any] = {
-        "val": _strip_prefix(val[0], "val/") if val else {},
-        "test": _strip_prefix(test[0], "test/") if test else {},
-        **speed.summary(trainer.world_size),
-        "epochs": epochs,
-        "optimizer_steps": optimizer_steps,
+
+@dataclass
+class RunMetrics:
+    """What ``metrics.json`` holds and :func:`train` returns (as a dict)."""
+
+    val: dict[str, float]
+    test: dict[str, float]
+    speed: dict[str, Any]  # TrainingSpeed.summary: samples/s, time to first step, epoch times
+    epochs: int
+    optimizer_steps: int
+    world_size: int
+    device: str
+    accelerator: str
+    strategy: str
+    process_group_backend: str | None
+    precision: str
+    seed: int
+    best_checkpoint: str | None
+    evaluated: str
+    parameters: int
+    optimize: dict[str, Any]
+    data_loading: dict[str, Any]
+    resumed_from: str | None
+    wall_time_s: float
+    versions: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None  # the pytorch profiler's step breakdown, when it ran
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        speed = values.pop("speed")
+        if values["profile"] is None:
+            del values["profile"]
+        return {"val": values.pop("val"), "test": values.pop("test"), **speed, **values}
+
+
+def _setup_description(trainer: Any, model: Any, datamodule: Any, seed: int) -> dict[str, Any]:
+    """The :class:`RunMetrics` fields that describe where and how the run trained."""
+    from perfkit.run import environment
+
+    return {
         "world_size": trainer.world_size,
         "device": _device_name(trainer),
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
         "process_group_backend": _process_group_backend(trainer.strategy),
         "precision": str(trainer.precision),
-        "seed": cfg.seed,
-        "best_checkpoint": _relative_to(best, run_dir) if best else None,
-        "evaluated": "best checkpoint" if evaluate_from else "final weights",
+        "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "optimize": {**optimizations.summary(model), **_compile_summary(trainer)},
         "data_loading": _data_loading(datamodule, trainer),
-        "resumed_from": _relative_to(str(resume_from), run_dir) if resume_from else None,
-        "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": environment(),
     }
-    profile = _profile_summary(run_dir) if trainer.is_global_zero else None
-    if profile is not None:
-        metrics["profile"] = profile
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
-        log.info("run directory: %s", run_dir)
-    finish_training_runs(
-        trainer,
-        run_dir,
-        [run_dir / name for name in ("metrics.json", "config.yaml", "profile.json", "profile.md")],
-    )
-    return metrics
 
 
 def _profile_summary(run_dir: Path) -> dict[str, Any] | None:

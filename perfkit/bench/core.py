@@ -13,7 +13,7 @@ from torch import nn
 
 from perfkit.bench.report import BenchmarkReport, Row
 from perfkit.bench.variants import MODES, check_choices, skip_reason
-from perfkit.measure import accuracy, peak_memory_bytes, speedup, time_interleaved
+from perfkit.measure import Timing, accuracy, peak_memory_bytes, speedup, time_interleaved
 from perfkit.optim.report import count_parameters, serialized_size
 from perfkit.schemas import BenchOptimizer, choices
 
@@ -95,6 +95,44 @@ def measure_variants(
 ) -> list[Row]:
     """The rows of one (model, device, mode, batch size) cell. ``skipped`` and ``failed`` map the
     variants not to run to the reason (or the error that came up while building them)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    baseline = _check_cell(variants, mode, targets, rounds, warmup, baseline)
+    batch_size = len(inputs[0])
+    rows = {
+        name: Row(model_name, name, device.type, mode, batch_size, baseline=baseline) for name in variants
+    }
+    for name, model in variants.items():
+        if name in (failed or {}):
+            rows[name].status, rows[name].reason = "failed", (failed or {})[name]
+            continue
+        why_not = (skipped or {}).get(name) or skip_reason(name, device, mode, model)
+        if why_not:
+            rows[name].status, rows[name].reason = "skipped", why_not
+    runnable = {name: model for name, model in variants.items() if rows[name].status == "ok"}
+    steps = _first_calls(
+        runnable, rows, lambda model: step_function(model, inputs, device, mode, targets, loss_fn, optimizer)
+    )
+
+    timings, memory = _time_steps(steps, rounds, warmup, device, threads, progress)
+    for name, timing in timings.items():
+        _fill_row(rows[name], variants[name], timing, rounds, memory[name], timings.get(baseline))
+        if eval_data is not None and mode == "inference":
+            rows[name].test_acc = accuracy(variants[name], eval_data, device)
+    rates = utilization(rows, variants, inputs, device, mode)
+    if matmul_rates is not None:
+        matmul_rates.update(rates)
+    return list(rows.values())
+
+
+def _check_cell(
+    variants: Mapping[str, nn.Module],
+    mode: str,
+    targets: torch.Tensor | None,
+    rounds: int,
+    warmup: int,
+    baseline: str | None,
+) -> str:
+    """The baseline variant, once the cell's arguments are known to be valid."""
     check_choices("mode", [mode], MODES)
     if not variants:
         raise ValueError("no variants to benchmark: pass a dict of name -> nn.Module")
@@ -102,34 +140,42 @@ def measure_variants(
         raise ValueError("mode='train' needs targets for the loss (e.g. class labels of example_inputs)")
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    batch_size = len(inputs[0])
     baseline = baseline or ("eager" if "eager" in variants else next(iter(variants)))
     if baseline not in variants:
         raise ValueError(f"baseline {baseline!r} is not a variant; allowed: {', '.join(variants)}")
+    return baseline
 
-    rows = {
-        name: Row(model_name, name, device.type, mode, batch_size, baseline=baseline) for name in variants
-    }
+
+def _first_calls(
+    variants: Mapping[str, nn.Module],
+    rows: dict[str, Row],
+    make_step: Callable[[nn.Module], Callable[[], Any]],
+) -> dict[str, Callable[[], Any]]:
+    """Each variant's step, called once (compilation, and any error the model raises); a variant that
+    fails is recorded in its row and left out, so the others are still measured."""
     steps: dict[str, Callable[[], Any]] = {}
     for name, model in variants.items():
-        if name in (failed or {}):
-            rows[name].status, rows[name].reason = "failed", (failed or {})[name]
-            continue
-        reason = (skipped or {}).get(name) or skip_reason(name, device, mode, model)
-        if reason:
-            rows[name].status, rows[name].reason = "skipped", reason
-            continue
         try:
-            steps[name] = step_function(model, inputs, device, mode, targets, loss_fn, optimizer)
+            step = make_step(model)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                steps[name]()  # the first call: compilation, and any error the model raises
+                step()
             rows[name].notes += sorted({str(w.message).splitlines()[0] for w in caught if _worth_noting(w)})
-        except Exception as error:  # one variant failing must not lose the others' measurements
+            steps[name] = step
+        except Exception as error:
             rows[name].status, rows[name].reason = "failed", f"{type(error).__name__}: {first_line(error)}"
-            steps.pop(name, None)
+    return steps
 
+
+def _time_steps(
+    steps: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    threads: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, Timing], dict[str, int | None]]:
+    """Interleaved timings and peak memory of each step, with ``threads`` torch threads if given."""
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -139,31 +185,27 @@ def measure_variants(
             if steps
             else {}
         )
-        memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
+        return timings, {name: peak_memory_bytes(step, device) for name, step in steps.items()}
     finally:
         torch.set_num_threads(previous_threads)
 
-    for name, timing in timings.items():
-        row, model = rows[name], variants[name]
-        row.rounds = rounds
-        row.latency_ms_median = timing.median_ms
-        row.latency_ms_p10 = timing.quantile_ms(0.1)
-        row.latency_ms_p90 = timing.p90_ms
-        row.latency_ms_iqr = timing.iqr_ms
-        row.throughput = batch_size / (timing.median_ms / 1e3)
-        row.peak_memory_bytes = memory[name]
-        row.size_bytes = serialized_size(model)
-        row.parameters = count_parameters(model)
-        if eval_data is not None and mode == "inference":
-            row.test_acc = accuracy(model, eval_data, device)
-        if baseline in timings:
-            ratio = speedup(timings[baseline], timing)
-            row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
-            row.speedup_ci_low, row.speedup_ci_high = ratio.ci_low, ratio.ci_high
-    rates = utilization(rows, variants, inputs, device, mode)
-    if matmul_rates is not None:
-        matmul_rates.update(rates)
-    return list(rows.values())
+
+def _fill_row(
+    row: Row, model: nn.Module, timing: Timing, rounds: int, peak_memory: int | None, baseline: Timing | None
+) -> None:
+    if baseline is not None:
+        ratio = speedup(baseline, timing)
+        row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
+        row.speedup_ci_low, row.speedup_ci_high = ratio.ci_low, ratio.ci_high
+    row.rounds = rounds
+    row.latency_ms_median = timing.median_ms
+    row.latency_ms_p10 = timing.quantile_ms(0.1)
+    row.latency_ms_p90 = timing.p90_ms
+    row.latency_ms_iqr = timing.iqr_ms
+    row.throughput = row.batch_size / (timing.median_ms / 1e3)
+    row.peak_memory_bytes = peak_memory
+    row.size_bytes = serialized_size(model)
+    row.parameters = count_parameters(model)
 
 
 OPTIMIZERS = choices(BenchOptimizer)

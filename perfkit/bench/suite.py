@@ -69,11 +69,11 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     """Measure the matrix described by ``cfg.bench``; write the report into ``cfg.paths.output_dir``."""
     from tqdm import tqdm
 
-    from perfkit.run import RunDirectory, environment
+    from perfkit.run import RunDirectory
 
     spec = bench_config(cfg)
-    tracking = cfg.get("wandb")
-    if tracking is not None and tracking.get("enabled"):
+    tracking = cfg.get("wandb") if cfg.get("wandb") and cfg.wandb.get("enabled") else None
+    if tracking is not None:
         from perfkit.tracking import check_online_wandb
 
         check_online_wandb(bool(tracking.get("offline", True)), "wandb.offline")
@@ -84,16 +84,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     RunDirectory(output_dir, precious=("report.json",))
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     torch.manual_seed(cfg.seed)
-    threads = spec.threads or torch.get_num_threads()
-    report = BenchmarkReport(
-        environment=environment(),
-        config={
-            "bench": OmegaConf.to_container(cfg.bench, resolve=True),
-            "devices": spec.devices,
-            "timing": {"rounds": spec.rounds, "warmup": spec.warmup, "threads": threads},
-        },
-        complete=False,
-    )
+    report = _empty_report(cfg, spec)
     # one tick per model prepared and per interleaved round of each cell
     total = len(spec.models) * (spec.cells_per_model * spec.rounds + 1)
     bar = tqdm(total=total, desc="perfkit.bench", unit="round", disable=None, dynamic_ncols=True)
@@ -115,19 +106,29 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     report.complete = True
     written = report.save(output_dir)
     log.info("report in %s", output_dir)
-    tracking = cfg.get("wandb")
-    if tracking is not None and tracking.get("enabled"):
+    if tracking is not None:
         from perfkit.tracking import log_benchmark
 
-        log_benchmark(
-            report,
-            written,
-            project=str(tracking.get("project", "perfkit")),
-            offline=bool(tracking.get("offline", True)),
-            run_dir=output_dir,
-            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
-        )
+        config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        offline = bool(tracking.get("offline", True))
+        project = str(tracking.get("project", "perfkit"))
+        log_benchmark(report, written, project=project, offline=offline, run_dir=output_dir, config=config)
     return report
+
+
+def _empty_report(cfg: DictConfig, spec: BenchConfig) -> BenchmarkReport:
+    from perfkit.run import environment
+
+    threads = spec.threads or torch.get_num_threads()
+    return BenchmarkReport(
+        environment=environment(),
+        config={
+            "bench": dataclasses.asdict(spec),
+            "devices": spec.devices,
+            "timing": {"rounds": spec.rounds, "warmup": spec.warmup, "threads": threads},
+        },
+        complete=False,
+    )
 
 
 def _measure_device(
@@ -182,10 +183,9 @@ def _measure_device(
 
 def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepared:
     """Train ``name`` for ``spec.train_epochs`` with perfkit.train (0: random weights), then prune."""
-    from hydra.utils import instantiate
 
     from perfkit.optimize import finetune
-    from perfkit.train import train
+    from perfkit.train import build, train
 
     if not spec.train_epochs:
         return _untrained(name, spec)
@@ -208,10 +208,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
     with _quiet_lightning(run_dir):
         if spec.train_epochs:
             train(run_cfg)
-        datamodule = instantiate(run_cfg.data)
-        classifier = instantiate(
-            run_cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
-        )
+        datamodule, classifier = build(run_cfg)
         if spec.train_epochs:
             checkpoint = torch.load(
                 run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False

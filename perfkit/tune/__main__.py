@@ -26,10 +26,9 @@ def run(cfg: DictConfig) -> Any:
     """Tune the job ``cfg`` describes; return the :class:`~perfkit.tune.TuneResult`."""
     check_config(cfg)
     import lightning as L
-    from hydra.utils import instantiate
 
     from perfkit.run import RunDirectory
-    from perfkit.train import _shapes_for
+    from perfkit.train import build
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
     from perfkit.tune.report import train_command
 
@@ -38,10 +37,9 @@ def run(cfg: DictConfig) -> Any:
     RunDirectory(run_dir, precious=("tune.json",))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    datamodule, model = build(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model, **_shapes_for(cfg.model, datamodule))
     with progress_bar() as report_progress:
         result = Tuner(model, datamodule, settings, progress=report_progress).run()
     verify_full_run(cfg, result, run_dir)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.run import write_json
 
 if TYPE_CHECKING:
+    from perfkit.tune.selection import Outcome
     from perfkit.tune.tuner import TuneResult
 
 # training keys that are perfkit.train config keys (inference choices are advice for serving)
@@ -93,7 +94,25 @@ def to_markdown(result: TuneResult) -> str:
         "",
         f"Device {result.device}; {result.elapsed_s:.0f} s of a {result.budget_s:.0f} s budget.",
         "",
+        *_verdict_lines(result),
+        "",
+        "Settings that change numerics are judged by the time to reach the default's held-out accuracy "
+        "(steps to it x measured time per step), not by samples/s.",
+        "",
+        "| mode | axis | candidate | decision | speed-up (95% CI) | samples/s | time to accuracy (baseline) "
+        "| accuracy (baseline) | why |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+        *(_candidate_row(outcome) for outcome in result.outcomes),
+        "",
+        "![speed-ups](tune.png)",
+        "",
     ]
+    return "\n".join(lines)
+
+
+def _verdict_lines(result: TuneResult) -> list[str]:
+    """What was chosen per mode, and the full-run check's outcome."""
+    lines = []
     for mode, outcome in result.final.items():
         verdict = outcome.reason or outcome.status
         lines.append(
@@ -124,39 +143,31 @@ def to_markdown(result: TuneResult) -> str:
         )
     elif check:
         lines.append(f"**Full-run check:** not done: {check['reason']}.")
-    lines += [
-        "",
-        "Settings that change numerics are judged by the time to reach the default's held-out accuracy "
-        "(steps to it x measured time per step), not by samples/s.",
-        "",
-        "| mode | axis | candidate | decision | speed-up (95% CI) | samples/s | time to accuracy (baseline) "
-        "| accuracy (baseline) | why |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
-    for outcome in result.outcomes:
-        c = outcome.candidate
-        speed = (
-            f"{outcome.speedup:.2f}x ({outcome.ci_low:.2f}-{outcome.ci_high:.2f})"
-            if outcome.speedup is not None and outcome.ci_low is not None and outcome.ci_high is not None
-            else (f"{outcome.speedup:.2f}x" if outcome.speedup is not None else "")
-        )
-        rate = f"{outcome.samples_per_s:.0f}" if outcome.samples_per_s else ""
-        accuracy = (
-            f"{outcome.accuracy:.3f} ({outcome.baseline_accuracy:.3f})"
-            if outcome.accuracy is not None and outcome.baseline_accuracy is not None
-            else ""
-        )
-        to_accuracy = (
-            f"{outcome.time_to_accuracy_s:.2f} s ({outcome.baseline_time_to_accuracy_s:.2f} s)"
-            if outcome.time_to_accuracy_s is not None and outcome.baseline_time_to_accuracy_s is not None
-            else ""
-        )
-        lines.append(
-            f"| {c.mode} | {c.axis} | {c.name} | {outcome.status} | {speed} | {rate} | {to_accuracy} | "
-            f"{accuracy} | {outcome.reason.replace('|', '/')} |"
-        )
-    lines += ["", "![speed-ups](tune.png)", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _candidate_row(outcome: Outcome) -> str:
+    c = outcome.candidate
+    speed = (
+        f"{outcome.speedup:.2f}x ({outcome.ci_low:.2f}-{outcome.ci_high:.2f})"
+        if outcome.speedup is not None and outcome.ci_low is not None and outcome.ci_high is not None
+        else (f"{outcome.speedup:.2f}x" if outcome.speedup is not None else "")
+    )
+    rate = f"{outcome.samples_per_s:.0f}" if outcome.samples_per_s else ""
+    accuracy = (
+        f"{outcome.accuracy:.3f} ({outcome.baseline_accuracy:.3f})"
+        if outcome.accuracy is not None and outcome.baseline_accuracy is not None
+        else ""
+    )
+    to_accuracy = (
+        f"{outcome.time_to_accuracy_s:.2f} s ({outcome.baseline_time_to_accuracy_s:.2f} s)"
+        if outcome.time_to_accuracy_s is not None and outcome.baseline_time_to_accuracy_s is not None
+        else ""
+    )
+    return (
+        f"| {c.mode} | {c.axis} | {c.name} | {outcome.status} | {speed} | {rate} | {to_accuracy} | "
+        f"{accuracy} | {outcome.reason.replace('|', '/')} |"
+    )
 
 
 def plot(result: TuneResult, path: Path) -> Path | None:
