@@ -47,15 +47,16 @@ def config_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "configs"
 
 
-def compose_config(name: str, overrides: list[str]) -> DictConfig:
-    """Compose one of perfkit's configs, inside a running Hydra app or outside one."""
+def compose_config(name: str, overrides: list[str], *, with_hydra: bool = False) -> DictConfig:
+    """Compose one of perfkit's configs, inside a running Hydra app or outside one (``with_hydra``:
+    keep the ``hydra`` node, launcher and sweeper included)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(name, overrides=overrides)
+        return compose(name, overrides=overrides, return_hydra_config=with_hydra)
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose(name, overrides=overrides)
+        return compose(name, overrides=overrides, return_hydra_config=with_hydra)
 
 
 def check_config(cfg: DictConfig) -> None:

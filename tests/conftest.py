@@ -10,11 +10,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from perfkit.config import config_dir
+from perfkit.config import compose_config
 
 # a short, quiet CPU run; tests add the overrides they are about
 FAST = [
@@ -33,8 +32,7 @@ def compose_train(tmp_path: Path) -> Iterator[ComposeTrain]:
 
     def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-            cfg = compose("train", overrides=list(overrides))
+        cfg = compose_config("train", list(overrides))
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir or tmp_path / "run")
         return cfg
@@ -140,3 +138,31 @@ def run_cli(
         timeout=timeout,
     )
     return completed.returncode, completed.stdout, completed.stderr
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a DDP master or a TensorBoard server)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class FakeClock:
+    """A clock that moves only when told: ``clock()`` reads it, ``clock.work(name, s)`` is a step that
+    takes ``s`` seconds (and records that it ran)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, name: str, seconds: float) -> Callable[[], None]:
+        def run() -> None:
+            self.calls.append(name)
+            self.now += seconds
+
+        return run

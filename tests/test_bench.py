@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from perfkit.bench import BenchmarkReport, Row
 from perfkit.bench import compare as gate
 from perfkit.bench.suite import BenchConfig, bench_config, run_bench
 from perfkit.config import ConfigError, compose_config
-from perfkit.measure import Timing, median_confidence_interval, peak_memory_bytes, speedup
 
 needs_no_cuda = pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
@@ -58,33 +56,6 @@ def _classifier(correct: bool) -> nn.Linear:
 
 
 # --- measurement ----------------------------------------------------------------------------
-
-
-def test_speedup_ratio_direction_and_interval() -> None:
-    baseline = Timing("a", [0.010, 0.011, 0.009, 0.010, 0.012, 0.010, 0.010, 0.011])
-    twice_as_fast = Timing("b", [t / 2 for t in baseline.seconds])
-    ratio = speedup(baseline, twice_as_fast)
-    assert ratio.median == pytest.approx(2.0)
-    assert ratio.ci_low == pytest.approx(2.0) and ratio.ci_high == pytest.approx(2.0)
-
-
-def test_median_confidence_interval_brackets_the_median() -> None:
-    values = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.3, 0.8, 1.0, 1.15]
-    low, high = median_confidence_interval(values)
-    assert min(values) <= low <= sorted(values)[4] <= high <= max(values)
-    assert all(math.isnan(v) for v in median_confidence_interval([1.0, 2.0, 3.0]))
-
-
-def test_peak_memory_counts_what_one_call_allocates() -> None:
-    size = 4 * 2**20
-
-    def allocate() -> None:
-        a = torch.empty(size, dtype=torch.uint8)
-        b = torch.empty(size, dtype=torch.uint8)
-        del a, b
-
-    peak = peak_memory_bytes(allocate)
-    assert 2 * size <= peak < 2 * size + 2**20
 
 
 # --- perfkit.benchmark -------------------------------------------------------------------------

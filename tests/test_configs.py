@@ -108,13 +108,9 @@ def test_bench_presets_compose_and_validate(preset: str) -> None:
 
 
 def test_optimize_config_composes(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from perfkit.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        cfg = compose("optimize", overrides=[f"ckpt_path={tmp_path}/x.ckpt", "paths.output_dir=out"])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("optimize", [f"ckpt_path={tmp_path}/x.ckpt", "paths.output_dir=out"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["prune"]["method"] == "channels" and resolved["benchmark"]["threads"] == 1  # type: ignore[index]
 

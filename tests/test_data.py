@@ -1,4 +1,5 @@
-"""Datamodules: disjoint deterministic splits, correct shapes, loader settings."""
+"""Datamodules: disjoint deterministic splits, correct shapes, loader settings, and the samplers that
+make DDP data exact."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 from perfkit.data import (
     ClassificationDataModule,
@@ -16,6 +18,7 @@ from perfkit.data import (
     SyntheticImages,
     split_indices,
 )
+from tests.conftest import attach_trainer as _attach
 
 
 def _split_sets(datamodule: ClassificationDataModule) -> list[set[int]]:
@@ -181,3 +184,39 @@ def test_mnist_csv_is_parsed_once_then_read_from_the_cache(
     monkeypatch.setenv("PERFKIT_CACHE_DIR", str(tmp_path / "blocked"))
     assert np.array_equal(mnist.mnist_arrays()[0], pixels)  # an unwritable cache only costs the parse
     assert "could not cache the MNIST arrays" in caplog.text
+
+
+def test_rank_batches_add_up_to_the_single_process_batches() -> None:
+    def batches(world_size: int, rank: int, batch_size: int) -> list[list[int]]:
+        datamodule = SyntheticDataModule(num_samples=120, batch_size=batch_size, shuffle_seed=5)
+        datamodule.setup()
+        datamodule.train_set.dataset = _Indices()  # type: ignore[union-attr]
+        _attach(datamodule, world_size=world_size, rank=rank)
+        return [batch.tolist() for batch in datamodule.train_dataloader()]
+
+    single = batches(1, 0, batch_size=8)
+    rank0, rank1 = batches(2, 0, batch_size=4), batches(2, 1, batch_size=4)
+    for step, global_batch in enumerate(single):
+        assert sorted(rank0[step] + rank1[step]) == sorted(global_batch)
+
+
+class _Indices(Dataset[int]):
+    def __len__(self) -> int:
+        return 120
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_every_evaluation_sample_is_seen_exactly_once(world_size: int) -> None:
+    datamodule = SyntheticDataModule(num_samples=101, val_fraction=0.13, test_fraction=0.1, eval_batch_size=4)
+    datamodule.setup()
+    val_size = len(datamodule.val_set)  # type: ignore[arg-type]
+    assert val_size % world_size != 0  # Lightning's padding sampler would repeat samples here
+    seen: list[int] = []
+    for rank in range(world_size):
+        _attach(datamodule, world_size=world_size, rank=rank)
+        sampler = datamodule.val_dataloader().sampler
+        seen += list(sampler)  # type: ignore[arg-type]
+    assert sorted(seen) == list(range(val_size))

@@ -17,8 +17,7 @@ import torch
 
 from perfkit.config import ConfigError
 from perfkit.distributed import check_shared_run_dir, port_in_use
-from perfkit.run import guard_run_dir, resume_checkpoint
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, free_port, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
@@ -26,12 +25,6 @@ QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
 
 def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --- checks that answer before any process starts ---------------------------------------------------
@@ -151,23 +144,6 @@ class _FakeHydra:
 
 
 # --- resuming ------------------------------------------------------------------------------------------
-
-
-def test_an_interrupted_run_is_refused_unless_resumed(tmp_path: Path) -> None:
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    with pytest.raises(
-        ConfigError, match="holds checkpoints of an interrupted run; continue it with resume=auto"
-    ):
-        guard_run_dir(tmp_path)
-    guard_run_dir(tmp_path, resume=True)
-    assert resume_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
-    (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(
-        ConfigError, match=r"already holds a finished run \(metrics.json\): there is nothing to resume"
-    ):
-        guard_run_dir(tmp_path, resume=True)
-    assert resume_checkpoint(tmp_path / "fresh") is None
 
 
 @pytest.mark.slow
@@ -307,7 +283,7 @@ def test_two_torchrun_nodes_on_one_machine(tmp_path: Path) -> None:
         **os.environ,
         "NNODES": "2",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "PERFKIT_RUN_ID": "two-nodes",
         "PYTHON": sys.executable,
         "PYTHONWARNINGS": "ignore",
@@ -362,7 +338,7 @@ def test_slurm_template_under_a_simulated_srun(tmp_path: Path) -> None:
         "SLURM_JOB_NUM_NODES": "1",
         "SLURM_NNODES": "1",
         "SLURM_NODELIST": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     result = subprocess.run(
         ["bash", ROOT / "scripts" / "slurm.sbatch", *FAST, "logger=none", "data.batch_size=16"],

@@ -8,10 +8,8 @@ of their own (signals, two runs at once, DDP) are marked ``slow``/``distributed`
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +22,6 @@ from torch import nn
 
 import perfkit
 from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_dir
-from perfkit.run import RunDirectory, write_json
 from tests.conftest import CLI, FAST, run_cli
 
 DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
@@ -275,47 +272,6 @@ def test_a_corrupt_image_stops_training_with_its_path(cli: CLI, image_folder: Pa
 
 
 # --- the run directory: reserved before writing, never shared, never overwritten -------------------
-def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
-    (tmp_path / ".perfkit-run.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")
-    with pytest.raises(ConfigError, match=r"in use by another perfkit run \(pid"):
-        RunDirectory(tmp_path)
-
-
-def test_a_lock_from_another_machine_is_respected(tmp_path: Path) -> None:
-    (tmp_path / ".perfkit-run.lock").write_text("123 some-other-host\n")
-    with pytest.raises(ConfigError, match="on some-other-host"):
-        RunDirectory(tmp_path)
-
-
-def test_a_lock_being_written_is_respected(tmp_path: Path) -> None:
-    (tmp_path / ".perfkit-run.lock").write_text("")
-    with pytest.raises(ConfigError, match="a run that is starting"):
-        RunDirectory(tmp_path)
-
-
-def test_a_killed_runs_lock_is_taken_over_and_released(tmp_path: Path) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    (tmp_path / ".perfkit-run.lock").write_text(f"{finished.stdout.strip()} {socket.gethostname()}\n")
-    reservation = RunDirectory(tmp_path)
-    assert (tmp_path / ".perfkit-run.lock").read_text().split()[0] == str(os.getpid())
-    reservation.release()
-    assert not (tmp_path / ".perfkit-run.lock").exists()
-
-
-def test_release_leaves_another_process_lock_alone(tmp_path: Path) -> None:
-    reservation = RunDirectory(tmp_path)
-    (tmp_path / ".perfkit-run.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")
-    reservation.release()
-    assert (tmp_path / ".perfkit-run.lock").exists()
-
-
-def test_a_refused_directory_keeps_no_lock(tmp_path: Path) -> None:
-    (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match="never overwrites"):
-        RunDirectory(tmp_path)
-    assert not (tmp_path / ".perfkit-run.lock").exists()
 
 
 def test_default_run_directories_started_in_one_second_differ(
@@ -385,19 +341,6 @@ def test_a_diverging_run_stops_with_one_line_and_status_1(cli: CLI, tmp_path: Pa
     _one_line_error(code, err, "training diverged", "optimizer.lr", status=1)
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # a diverged model is never "best"
-
-
-def test_json_files_never_hold_nan(tmp_path: Path) -> None:
-    write_json(tmp_path / "m.json", {"loss": math.nan, "x": [math.inf, 1.0], "n": {"y": -math.inf}})
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(constant)
-
-    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse) == {
-        "loss": None,
-        "x": [None, 1.0],
-        "n": {"y": None},
-    }
 
 
 def test_the_divergence_check_does_not_sync_every_step() -> None:

@@ -67,3 +67,18 @@ def test_the_import_check_finds_a_cycle(tmp_path: Path) -> None:
         "perfkit.d": set(),
     }
     assert checker.cycles(graph) == [["perfkit.a", "perfkit.b", "perfkit.c"]]
+
+
+def test_no_function_in_perfkit_is_over_60_lines() -> None:
+    """Entry points stay thin: a long function is split into named steps."""
+    import ast
+
+    root = Path(__file__).parents[1] / "perfkit"
+    long = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long

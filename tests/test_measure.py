@@ -1,24 +1,15 @@
-"""perfkit.measure: interleaving, warm-up and statistics, on a fake clock (deterministic)."""
+"""perfkit.measure: interleaving, warm-up and statistics (on a fake clock: deterministic), peak memory."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from perfkit import measure
-from perfkit.measure import Timing, speedup, time_interleaved
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.calls: list[str] = []
-
-    def work(self, name: str, seconds: float):  # type: ignore[no-untyped-def]
-        def run() -> None:
-            self.calls.append(name)
-            self.now += seconds
-
-        return run
+from perfkit.measure import Timing, median_confidence_interval, peak_memory_bytes, speedup, time_interleaved
+from tests.conftest import FakeClock
 
 
 @pytest.fixture
@@ -76,3 +67,30 @@ def test_ratio_interval_is_a_t_interval_of_the_geometric_mean() -> None:
     inverse = measure.ratio_confidence_interval([1 / r for r in ratios])
     assert inverse[0] == pytest.approx(1 / high) and inverse[1] == pytest.approx(1 / low)
     assert all(math.isnan(bound) for bound in measure.ratio_confidence_interval([1.3]))
+
+
+def test_speedup_ratio_direction_and_interval() -> None:
+    baseline = Timing("a", [0.010, 0.011, 0.009, 0.010, 0.012, 0.010, 0.010, 0.011])
+    twice_as_fast = Timing("b", [t / 2 for t in baseline.seconds])
+    ratio = speedup(baseline, twice_as_fast)
+    assert ratio.median == pytest.approx(2.0)
+    assert ratio.ci_low == pytest.approx(2.0) and ratio.ci_high == pytest.approx(2.0)
+
+
+def test_median_confidence_interval_brackets_the_median() -> None:
+    values = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.3, 0.8, 1.0, 1.15]
+    low, high = median_confidence_interval(values)
+    assert min(values) <= low <= sorted(values)[4] <= high <= max(values)
+    assert all(math.isnan(v) for v in median_confidence_interval([1.0, 2.0, 3.0]))
+
+
+def test_peak_memory_counts_what_one_call_allocates() -> None:
+    size = 4 * 2**20
+
+    def allocate() -> None:
+        a = torch.empty(size, dtype=torch.uint8)
+        b = torch.empty(size, dtype=torch.uint8)
+        del a, b
+
+    peak = peak_memory_bytes(allocate)
+    assert 2 * size <= peak < 2 * size + 2**20

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from perfkit.config import ConfigError, config_dir
+from perfkit.config import ConfigError, compose_config
 from perfkit.optimize import optimize
 from perfkit.train import train
 from tests.conftest import FAST, run_cli
@@ -23,21 +21,15 @@ FAST_TIMING = ["benchmark.rounds=3", "benchmark.warmup=1", "benchmark.batch_size
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real perfkit training run (the cnn, a few batches) and its best checkpoint."""
     run_dir = tmp_path_factory.mktemp("trained")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("train", overrides=[*FAST, "logger=none", "trainer.limit_train_batches=20"])
+    cfg = compose_config("train", [*FAST, "logger=none", "trainer.limit_train_batches=20"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
     train(cfg)
-    GlobalHydra.instance().clear()
     return run_dir / "checkpoints" / "best.ckpt"
 
 
 def _compose(*overrides: str, output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("optimize", overrides=[*FAST_TIMING, *overrides])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("optimize", [*FAST_TIMING, *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from perfkit.profiling import (
     union,
 )
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli
+from tests.conftest import FAST, ComposeTrain, free_port, run_cli
 
 # profile steps 2-4 of 8 (wait 1, warmup 1, active 3): the window closes before the epoch ends
 PROFILED = [*FAST, "profiler=pytorch", "profiler.schedule.skip_first=0", "trainer.limit_train_batches=8"]
@@ -367,12 +366,6 @@ def test_lightning_profilers_remain_available(compose_train: ComposeTrain, tmp_p
     assert report.is_file() and "training_step" in report.read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _get_json(url: str) -> object:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -382,7 +375,7 @@ def test_tensorboard_plugin_serves_the_profiled_run(compose_train: ComposeTrain,
     """The real client: TensorBoard with torch-tb-profiler, on a loopback port, reading the run dir."""
     run_dir = tmp_path / "run"
     train(compose_train(*PROFILED, output_dir=run_dir))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -141,16 +141,11 @@ def test_slurm_launcher_sizes_jobs_from_the_run() -> None:
 
 
 def _launcher_config(overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from perfkit.config import config_dir
+    from perfkit.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose_config("train", overrides, with_hydra=True)
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # type: ignore[return-value]
 
 

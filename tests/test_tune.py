@@ -13,6 +13,7 @@ import perfkit
 from perfkit.config import ConfigError, compose_config
 from perfkit.tune import Budget, Candidate, Outcome, TuneResult, decide, pick, run_within_budget
 from perfkit.tune.report import train_command, tuned_overlay, write_outputs
+from tests.conftest import FakeClock
 
 
 def _outcome(speedup: float, low: float, high: float, *, numerics: bool = False, accuracy: float | None = None,
@@ -64,14 +65,6 @@ def test_pick_takes_the_fastest_accepted_per_axis() -> None:
     best = pick(outcomes)
     assert list(best) == [("train", "compile")]
     assert best[("train", "compile")].candidate.name == "max-autotune"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_budget_order_and_skips() -> None:
@@ -154,11 +147,6 @@ def _result(chosen: dict, final: dict | None = None) -> TuneResult:
 
 
 def test_tuned_overlay_trains_with_the_chosen_settings(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from perfkit.config import config_dir
-
     chosen = {"train": {"precision": "bf16-mixed", "data.batch_size": 256, "data.num_workers": 2,
                         "optimize.compile": True, "optimize.compile_mode": "default"}}  # fmt: skip
     written = write_outputs(_result(chosen), tmp_path)
@@ -168,17 +156,10 @@ def test_tuned_overlay_trains_with_the_chosen_settings(tmp_path: Path) -> None:
     assert "slower than the baseline" in (tmp_path / "tune.md").read_text()
 
     # what the printed command (train_command) composes
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"hydra.searchpath=[file://{tmp_path / 'configs'}]",
-                "experiment=tuned",
-                "data.num_workers=0",
-            ],
-        )
-    GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "train",
+        [f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "experiment=tuned", "data.num_workers=0"],
+    )
     assert cfg.precision == "bf16-mixed" and cfg.data.batch_size == 256
     assert cfg.optimize.compile is True and cfg.optimize.compile_mode == "default"
     assert cfg.data.num_workers == 0  # the user's own overrides still win

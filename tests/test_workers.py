@@ -1,4 +1,4 @@
-"""Loader workers (caps, ``auto``, seeding) and the samplers that make DDP data exact."""
+"""perfkit.data.workers: loader worker caps, `num_workers=auto` and per-rank worker seeding."""
 
 from __future__ import annotations
 
@@ -164,39 +164,3 @@ def test_workers_of_every_rank_draw_different_reproducible_numbers(monkeypatch: 
     assert len(set(rank0)) == len(rank0)  # the two workers of one rank differ
     assert not set(rank0) & set(rank1)  # and no rank repeats another's numbers
     assert _draws(0, seed=4) != rank0
-
-
-def test_rank_batches_add_up_to_the_single_process_batches() -> None:
-    def batches(world_size: int, rank: int, batch_size: int) -> list[list[int]]:
-        datamodule = SyntheticDataModule(num_samples=120, batch_size=batch_size, shuffle_seed=5)
-        datamodule.setup()
-        datamodule.train_set.dataset = _Indices()  # type: ignore[union-attr]
-        _attach(datamodule, world_size=world_size, rank=rank)
-        return [batch.tolist() for batch in datamodule.train_dataloader()]
-
-    single = batches(1, 0, batch_size=8)
-    rank0, rank1 = batches(2, 0, batch_size=4), batches(2, 1, batch_size=4)
-    for step, global_batch in enumerate(single):
-        assert sorted(rank0[step] + rank1[step]) == sorted(global_batch)
-
-
-class _Indices(Dataset[int]):
-    def __len__(self) -> int:
-        return 120
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-@pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_every_evaluation_sample_is_seen_exactly_once(world_size: int) -> None:
-    datamodule = SyntheticDataModule(num_samples=101, val_fraction=0.13, test_fraction=0.1, eval_batch_size=4)
-    datamodule.setup()
-    val_size = len(datamodule.val_set)  # type: ignore[arg-type]
-    assert val_size % world_size != 0  # Lightning's padding sampler would repeat samples here
-    seen: list[int] = []
-    for rank in range(world_size):
-        _attach(datamodule, world_size=world_size, rank=rank)
-        sampler = datamodule.val_dataloader().sampler
-        seen += list(sampler)  # type: ignore[arg-type]
-    assert sorted(seen) == list(range(val_size))

@@ -1,0 +1,90 @@
+"""perfkit.run: the run directory (reserved before writing, never shared, never overwritten), resuming,
+and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfkit.config import ConfigError
+from perfkit.run import RunDirectory, guard_run_dir, resume_checkpoint, write_json
+
+
+def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".perfkit-run.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")
+    with pytest.raises(ConfigError, match=r"in use by another perfkit run \(pid"):
+        RunDirectory(tmp_path)
+
+
+def test_a_lock_from_another_machine_is_respected(tmp_path: Path) -> None:
+    (tmp_path / ".perfkit-run.lock").write_text("123 some-other-host\n")
+    with pytest.raises(ConfigError, match="on some-other-host"):
+        RunDirectory(tmp_path)
+
+
+def test_a_lock_being_written_is_respected(tmp_path: Path) -> None:
+    (tmp_path / ".perfkit-run.lock").write_text("")
+    with pytest.raises(ConfigError, match="a run that is starting"):
+        RunDirectory(tmp_path)
+
+
+def test_a_killed_runs_lock_is_taken_over_and_released(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / ".perfkit-run.lock").write_text(f"{finished.stdout.strip()} {socket.gethostname()}\n")
+    reservation = RunDirectory(tmp_path)
+    assert (tmp_path / ".perfkit-run.lock").read_text().split()[0] == str(os.getpid())
+    reservation.release()
+    assert not (tmp_path / ".perfkit-run.lock").exists()
+
+
+def test_release_leaves_another_process_lock_alone(tmp_path: Path) -> None:
+    reservation = RunDirectory(tmp_path)
+    (tmp_path / ".perfkit-run.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")
+    reservation.release()
+    assert (tmp_path / ".perfkit-run.lock").exists()
+
+
+def test_a_refused_directory_keeps_no_lock(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="never overwrites"):
+        RunDirectory(tmp_path)
+    assert not (tmp_path / ".perfkit-run.lock").exists()
+
+
+def test_json_files_never_hold_nan(tmp_path: Path) -> None:
+    write_json(tmp_path / "m.json", {"loss": math.nan, "x": [math.inf, 1.0], "n": {"y": -math.inf}})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(constant)
+
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse) == {
+        "loss": None,
+        "x": [None, 1.0],
+        "n": {"y": None},
+    }
+
+
+def test_an_interrupted_run_is_refused_unless_resumed(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(
+        ConfigError, match="holds checkpoints of an interrupted run; continue it with resume=auto"
+    ):
+        guard_run_dir(tmp_path)
+    guard_run_dir(tmp_path, resume=True)
+    assert resume_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"already holds a finished run \(metrics.json\): there is nothing to resume"
+    ):
+        guard_run_dir(tmp_path, resume=True)
+    assert resume_checkpoint(tmp_path / "fresh") is None
