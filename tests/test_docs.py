@@ -41,3 +41,21 @@ def test_docs_build_fails_on_a_broken_reference(tmp_path: Path) -> None:
     broken = _build(tmp_path, "# Changelog\n\nSee [the missing page](nowhere.md).\n")
     assert broken.returncode != 0
     assert "contains a link 'nowhere.md', but the target is not found" in broken.stderr
+
+
+def test_the_results_page_is_generated_from_every_committed_report() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = hooks.results_markdown()
+    results = ROOT / "benchmarks" / "results"
+    reports = [p for p in results.rglob("*.md") if p.name != "README.md"]
+    for report in reports:
+        assert f"`{report.relative_to(results).as_posix()}`" in page, report
+        table = next(line for line in report.read_text().splitlines() if line.startswith("| "))
+        assert table in page  # the measured table itself, not a copy kept elsewhere
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    assert not [h for h in headings if "(issue" in h]
