@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from perfkit.optim import compile, prune, quantize
-from perfkit.schemas import BenchMode, BenchModel, choices
+from perfkit.schemas import CLASSIC_VARIANTS, BenchMode, BenchModel, choices
 
 MODELS = choices(BenchModel)
 MODES = choices(BenchMode)
@@ -136,16 +136,6 @@ VARIANTS: dict[str, Builder] = {
 }
 
 
-# what the quick and full presets measure; bench=gpu measures GPU_VARIANTS
-CLASSIC_VARIANTS: tuple[str, ...] = (
-    "eager",
-    "compile",
-    "bf16",
-    "prune_unstructured",
-    "prune_channels",
-    "int8_dynamic",
-    "compile_channels",
-)
 GPU_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in CLASSIC_VARIANTS[3:])
 
 
