@@ -132,6 +132,21 @@ def typed_node(cfg: DictConfig, key: str) -> Any:
     return build_typed(NODES[key], values, key)  # type: ignore[arg-type]
 
 
+def typed_root(cfg: DictConfig, schema: type[T]) -> T:
+    """A command's own keys at the config root (``schema``'s fields), checked."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
+    values = {}
+    for name in names:
+        if name in cfg:
+            node = cfg[name]
+            values[name] = (
+                OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+            )
+    return build_typed(schema, values, "")
+
+
 def build_typed(schema: type[T], values: dict[str, Any], key: str) -> T:
     """``schema(**values)``, or a :class:`ConfigError` naming the first unknown key, value outside a
     ``Literal``'s choices, wrong type or out-of-range value (the dataclass's ``__post_init__``)."""
@@ -141,24 +156,29 @@ def build_typed(schema: type[T], values: dict[str, Any], key: str) -> T:
     names = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(f"{key}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}unknown option(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
     arguments: dict[str, Any] = {}
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = build_typed(hint, value, f"{key}.{name}")  # type: ignore[arg-type]
+            value = build_typed(hint, value, _dotted(key, name))  # type: ignore[arg-type]
         elif typing.get_origin(hint) is list:
             value = value if isinstance(value, list) else [value]  # bench.models=cnn means [cnn]
             (item_type,) = typing.get_args(hint)
             for item in value:
-                _check_type(f"{key}.{name}: {item!r}", item, item_type, entry=True)
+                _check_type(f"{_dotted(key, name)}: {item!r}", item, item_type, entry=True)
         else:
-            _check_type(f"{key}.{name}", value, hint)
+            _check_type(_dotted(key, name), value, hint)
         arguments[name] = value
     try:
         return schema(**arguments)
     except ValueError as error:
-        raise ConfigError(f"{key}.{error}") from None
+        raise ConfigError(_dotted(key, str(error))) from None
+
+
+def _dotted(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
 
 
 def check_required(cfg: DictConfig) -> None:

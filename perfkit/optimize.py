@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from perfkit.cli import command
-from perfkit.config import ConfigError, check_required
+from perfkit.config import ConfigError, check_required, typed_root
+from perfkit.schemas import PostTraining
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +77,12 @@ def _check_options(cfg: DictConfig) -> Any:
     """The measuring device, once the options are known to be valid together."""
     import torch
 
-    from perfkit.optim.quantization import BACKENDS, SCHEMES
-
-    if cfg.quantize is not None and cfg.quantize not in SCHEMES:
-        raise ConfigError(f"quantize={cfg.quantize!r} is not valid; allowed: null, {', '.join(SCHEMES)}")
-    if cfg.quantize_backend not in BACKENDS:
-        raise ConfigError(
-            f"quantize_backend={cfg.quantize_backend!r} is not valid; allowed: {', '.join(BACKENDS)}"
-        )
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={cfg.device!r} is not valid; allowed: cpu, cuda, cuda:N")
+    options = typed_root(cfg, PostTraining)
+    device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda is not available on this machine; use device=cpu")
-    if cfg.quantize and device.type != "cpu":
-        raise ConfigError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
+    if options.quantize and device.type != "cpu":
+        raise ConfigError(f"quantize={options.quantize} runs on the CPU only; use device=cpu")
     return device
 
 

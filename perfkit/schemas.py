@@ -1,5 +1,5 @@
 """The typed config nodes of perfkit's commands: ``optimize`` (training-time optimizations in
-``perfkit.train``), ``bench`` and ``tune``.
+``perfkit.train``), ``bench``, ``tune``, and ``perfkit.optimize``'s own keys.
 
 Each dataclass holds the one default of each key: Hydra's ConfigStore serves it as
 ``schema/<node>``, which the YAML configs put first in their defaults list, so YAML files list only
@@ -164,15 +164,61 @@ class Tune:
             raise ValueError("max_batch_factor and accuracy_steps must be >= 1, warmup >= 0")
 
 
-# config node -> its schema
+@dataclass
+class PostTrainingPrune:
+    amount: float = 0.0  # 0 = no pruning
+    method: PruneMethod = "channels"
+    finetune_epochs: int = 1  # epochs of training after pruning, on the run's training data (0 = none)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.amount < 1:
+            raise ValueError(f"amount={self.amount!r} is not valid: use a number in [0, 1) (0 = off)")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs={self.finetune_epochs!r} is not valid: use an integer >= 0")
+
+
+@dataclass
+class LatencyTiming:
+    batch_size: int = 64  # images per timed forward pass
+    threads: int | None = 1  # torch threads while timing (None: leave the default)
+    rounds: int = 30  # interleaved timing rounds (every variant once per round)
+    warmup: int = 3
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ValueError("batch_size and rounds must be >= 1, warmup >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads}: use null or an integer >= 1")
+
+
+@dataclass
+class PostTraining:
+    """``perfkit.optimize``'s own keys (at the config root): the transforms, applied in the order
+    prune (then fine-tune) -> quantize -> compile, and how latency is timed."""
+
+    device: str = "cpu"  # where accuracy and latency are measured (int8 dynamic quantization is CPU-only)
+    prune: PostTrainingPrune = field(default_factory=PostTrainingPrune)
+    quantize: QuantizeScheme | None = None
+    quantize_backend: QuantizeBackend = "auto"
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    benchmark: LatencyTiming = field(default_factory=LatencyTiming)
+
+    def __post_init__(self) -> None:
+        if not is_device(str(self.device)):
+            raise ValueError(f"device={self.device!r} is not valid; allowed: cpu, cuda, cuda:N")
+
+
+# config node -> its schema; "" is a command's own keys at the config root
 NODES: dict[str, type] = {"optimize": TrainOptimize, "bench": Bench, "tune": Tune}
+ROOTS: dict[str, type] = {"post_training": PostTraining}
 
 
 def register() -> None:
-    """Serve each schema's defaults to Hydra as ``schema/<node>`` (plain values: OmegaConf cannot hold
+    """Serve each schema's defaults to Hydra as ``schema/<name>`` (plain values: OmegaConf cannot hold
     ``Literal`` types, so :func:`perfkit.config.check_config` checks those)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for node, schema in NODES.items():
-        store.store(group="schema", name=node, node=asdict(schema()))
+    for name, schema in {**NODES, **ROOTS}.items():
+        store.store(group="schema", name=name, node=asdict(schema()))

@@ -4,11 +4,12 @@ choices."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from perfkit.config import ConfigError, build_typed, compose_config, typed_node
-from perfkit.schemas import Bench, BenchVariant, TrainOptimize, Tune, choices
+from perfkit.config import ConfigError, build_typed, compose_config, typed_node, typed_root
+from perfkit.schemas import Bench, BenchVariant, PostTraining, TrainOptimize, Tune, choices
 
 
 def test_the_variant_choices_are_the_variants_perfkit_builds() -> None:
@@ -22,6 +23,13 @@ def test_the_variant_choices_are_the_variants_perfkit_builds() -> None:
 def test_composed_defaults_are_the_schema_defaults(config: str, node: str, schema: type) -> None:
     cfg = compose_config(config, [])
     assert typed_node(cfg, node) == schema()  # the YAML files add no second default
+
+
+def test_the_optimize_commands_root_keys_are_the_schema_defaults(tmp_path: Path) -> None:
+    cfg = compose_config("optimize", [f"ckpt_path={tmp_path}/x.ckpt"])
+    assert typed_root(cfg, PostTraining) == PostTraining()
+    with pytest.raises(ConfigError, match=r"^prune.method='l3' is not valid; allowed: l1_unstructured"):
+        typed_root(compose_config("optimize", ["ckpt_path=x", "prune.method=l3"]), PostTraining)
 
 
 def test_nested_nodes_lists_and_coercion() -> None:
