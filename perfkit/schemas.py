@@ -209,7 +209,7 @@ class PostTraining:
             raise ValueError(f"device={self.device!r} is not valid; allowed: cpu, cuda, cuda:N")
 
 
-# config node -> its schema; "" is a command's own keys at the config root
+# config node -> its schema; ROOTS: a command's own keys at its config root (schema/<name>@_global_)
 NODES: dict[str, type] = {"optimize": TrainOptimize, "bench": Bench, "tune": Tune}
 ROOTS: dict[str, type] = {"post_training": PostTraining}
 
