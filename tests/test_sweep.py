@@ -165,3 +165,16 @@ def test_submitit_sweep_writes_the_summary(tmp_path: Path) -> None:
     assert code == 0, err
     rows = collect_rows(tmp_path / "sweep")
     assert [(r["data.batch_size"], r["status"]) for r in rows] == [("32", "done"), ("64", "done")]
+
+
+@needs_optuna
+def test_the_optuna_direction_follows_monitor_mode() -> None:
+    from omegaconf import OmegaConf
+
+    from perfkit.config import compose_config
+
+    for mode, direction in (("max", "maximize"), ("min", "minimize")):
+        cfg = compose_config(
+            "train", ["hparams_search=optuna", "monitor=val/loss", f"monitor_mode={mode}"], with_hydra=True
+        )
+        assert OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)["direction"] == direction  # type: ignore[index]
