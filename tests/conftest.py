@@ -166,3 +166,39 @@ class FakeClock:
             self.now += seconds
 
         return run
+
+
+def broken_checkpoint(kind: str, tmp_path: Path) -> Path:
+    """A ``.ckpt`` that is not a usable checkpoint, in one of the ways ``CHECKPOINTS`` names."""
+    import torch
+    from torch import nn
+
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a checkpoint\n")
+    elif kind == "random-bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind in ("truncated", "other-model", "no-state-dict"):
+        state = nn.Linear(3, 2).state_dict() if kind == "other-model" else {}
+        payload: dict[str, Any] = {"state_dict": state} if kind != "no-state-dict" else {"weights": 1}
+        torch.save(payload, path)
+        if kind == "truncated":
+            torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+            path.write_bytes(path.read_bytes()[:1500])
+    elif kind == "directory":
+        path.mkdir()
+    return path
+
+
+CHECKPOINTS = ["empty", "text", "random-bytes", "truncated", "other-model", "no-state-dict", "directory"]
+CHECKPOINT_MESSAGES = {
+    "empty": "is empty",
+    "text": "cannot be read as a checkpoint",
+    "random-bytes": "cannot be read as a checkpoint",
+    "truncated": "cannot be read as a checkpoint",
+    "other-model": "holds another model's weights",
+    "no-state-dict": "is not a Lightning checkpoint",
+    "directory": "is not a file",
+}

@@ -22,7 +22,7 @@ from torch import nn
 
 import perfkit
 from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_dir
-from tests.conftest import CLI, FAST, run_cli
+from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, FAST, broken_checkpoint, run_cli
 
 DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -167,41 +167,9 @@ def test_max_epochs_minus_one_is_fine_with_another_stop(cli: CLI, tmp_path: Path
 
 
 # --- checkpoints that are not checkpoints, or not this model's -------------------------------------
-def _checkpoint_of(kind: str, tmp_path: Path) -> Path:
-    path = tmp_path / f"{kind}.ckpt"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "text":
-        path.write_text("this is not a checkpoint\n")
-    elif kind == "random-bytes":
-        path.write_bytes(os.urandom(4096))
-    elif kind in ("truncated", "other-model", "no-state-dict"):
-        state = nn.Linear(3, 2).state_dict() if kind == "other-model" else {}
-        payload: dict[str, Any] = {"state_dict": state} if kind != "no-state-dict" else {"weights": 1}
-        torch.save(payload, path)
-        if kind == "truncated":
-            torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
-            path.write_bytes(path.read_bytes()[:1500])
-    elif kind == "directory":
-        path.mkdir()
-    return path
-
-
-CHECKPOINTS = ["empty", "text", "random-bytes", "truncated", "other-model", "no-state-dict", "directory"]
-CHECKPOINT_MESSAGES = {
-    "empty": "is empty",
-    "text": "cannot be read as a checkpoint",
-    "random-bytes": "cannot be read as a checkpoint",
-    "truncated": "cannot be read as a checkpoint",
-    "other-model": "holds another model's weights",
-    "no-state-dict": "is not a Lightning checkpoint",
-    "directory": "is not a file",
-}
-
-
 @pytest.mark.parametrize("kind", CHECKPOINTS)
 def test_a_bad_ckpt_path_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> None:
-    code, err = cli(*DIGITS, f"ckpt_path={_checkpoint_of(kind, tmp_path)}")
+    code, err = cli(*DIGITS, f"ckpt_path={broken_checkpoint(kind, tmp_path)}")
     _one_line_error(code, err, CHECKPOINT_MESSAGES[kind])
 
 
@@ -209,7 +177,7 @@ def test_a_bad_ckpt_path_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> Non
 def test_resume_auto_from_a_bad_last_checkpoint_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> None:
     run_dir = tmp_path / "interrupted"
     (run_dir / "checkpoints").mkdir(parents=True)
-    _checkpoint_of(kind, tmp_path).rename(run_dir / "checkpoints" / "last.ckpt")
+    broken_checkpoint(kind, tmp_path).rename(run_dir / "checkpoints" / "last.ckpt")
     code, err = cli(*DIGITS, "resume=auto", f"hydra.run.dir={run_dir}")
     _one_line_error(code, err, "resume=auto", CHECKPOINT_MESSAGES[kind])
     assert (run_dir / "checkpoints" / "last.ckpt").exists()  # left for the user to look at
@@ -222,7 +190,7 @@ def test_optimize_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, kind: str
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("seed: 1\n")
-    _checkpoint_of(kind, tmp_path).rename(run / "checkpoints" / "best.ckpt")
+    broken_checkpoint(kind, tmp_path).rename(run / "checkpoints" / "best.ckpt")
     with pytest.raises(ConfigError, match=CHECKPOINT_MESSAGES[kind]):
         load_run(str(run / "checkpoints" / "best.ckpt"))
 

@@ -1,0 +1,39 @@
+"""perfkit.checkpoint: a checkpoint that can't be used is one line naming the key, the file and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from perfkit.checkpoint import check_fits, read_checkpoint
+from perfkit.config import ConfigError
+from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, broken_checkpoint
+
+
+@pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "other-model"])
+def test_unreadable_checkpoints_say_why(tmp_path: Path, kind: str) -> None:
+    path = broken_checkpoint(kind, tmp_path)
+    with pytest.raises(ConfigError) as error:
+        read_checkpoint(path, "ckpt_path")
+    message = str(error.value)
+    assert message.startswith(f"ckpt_path: {path}") and CHECKPOINT_MESSAGES[kind] in message
+    assert "\n" not in message
+
+
+def test_another_models_weights_do_not_fit(tmp_path: Path) -> None:
+    path = broken_checkpoint("other-model", tmp_path)
+    checkpoint = read_checkpoint(path, "ckpt_path")
+    with pytest.raises(ConfigError, match=CHECKPOINT_MESSAGES["other-model"]):
+        check_fits(checkpoint, nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), "ckpt_path", path)
+
+
+def test_a_matching_checkpoint_is_read_and_fits(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    path = tmp_path / "good.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    checkpoint = read_checkpoint(path, "ckpt_path")
+    check_fits(checkpoint, model, "ckpt_path", path)  # no error
+    assert set(checkpoint["state_dict"]) == {"weight", "bias"}
