@@ -122,15 +122,16 @@ class DivergenceCheck(L.Callback):
     millionfold over its first value (``optimizer.lr=1e6`` took the default job's loss from 2.3 to 1e28
     without a NaN).
 
-    Each step only updates a device flag (no host sync); the flag is read every ``log_every_n_steps``
-    steps, at each epoch's last batch and before validation, so a diverged model is never validated
-    or checkpointed as "best". Under DDP the ranks agree (one collective per check) and stop together.
+    Each step only folds the loss into a running maximum on the device (no host sync; NaN propagates
+    through the maximum); it is read every ``log_every_n_steps`` steps, at each epoch's last batch and
+    before validation, so a diverged model is never validated or checkpointed as "best". Under DDP the
+    ranks agree (one collective per check) and stop together.
     """
 
     growth_limit = 1e6
 
     def __init__(self) -> None:
-        self._diverged: torch.Tensor | None = None
+        self._worst: torch.Tensor | None = None
         self._limit: torch.Tensor | None = None
 
     def on_train_batch_end(
@@ -139,11 +140,12 @@ class DivergenceCheck(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             size = loss.detach().abs()
-            if self._limit is None:
-                self._limit = self.growth_limit * size.clamp(min=1.0)
-            # one comparison catches all three: NaN compares false, and inf exceeds any limit
-            flag = ~(size <= self._limit).all()
-            self._diverged = flag if self._diverged is None else self._diverged | flag
+            if size.ndim:
+                size = size.max()
+            if self._worst is None or self._limit is None:
+                self._worst, self._limit = size, self.growth_limit * size.clamp(min=1.0)
+            else:
+                self._worst = torch.maximum(self._worst, size)
         every = max(1, getattr(trainer, "log_every_n_steps", 50))
         if (batch_idx + 1) % every == 0 or trainer.is_last_batch:
             self._check(trainer)
@@ -153,7 +155,9 @@ class DivergenceCheck(L.Callback):
             self._check(trainer)
 
     def _check(self, trainer: L.Trainer) -> None:
-        local = bool(self._diverged) if self._diverged is not None else False
+        local = False
+        if self._worst is not None and self._limit is not None:
+            local = not bool(self._worst <= self._limit)  # NaN compares false; inf exceeds any limit
         if trainer.world_size > 1:
             local = trainer.strategy.reduce_boolean_decision(local, all=False)
         if local:
@@ -170,44 +174,34 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 class _Throttled(ProgressBar):
-    """Refreshes the bar at most every ``refresh_s`` seconds while training (and at each epoch's last
-    batch); validation, epoch ends and the end of training refresh as usual.
+    """Updates the bar at most every ``refresh_s`` seconds while training (and at each epoch's first
+    and last batch); validation, epoch ends and the end of training update it as usual.
 
-    Lightning's bars read the logged metrics after every batch, and reading a logged tensor is a
-    host-device sync: one per step on a GPU. Its Rich bar also re-renders on every batch.
+    Lightning's bars read the logged metrics after every batch (reading a logged tensor is a
+    host-device sync: one per step on a GPU), and its Rich bar re-renders on every batch; a skipped
+    batch costs a clock read.
     """
 
     def __init__(self, *args: Any, refresh_s: float = 0.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refresh_s = refresh_s
-        self._metrics: dict[str, Any] | None = None
         self._refreshed_at = -math.inf
-        self._skip = False  # inside a training batch whose refresh is not due
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._refreshed_at = -math.inf
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         now = time.monotonic()
-        self._skip = now - self._refreshed_at < self.refresh_s and not trainer.is_last_batch
-        if not self._skip:
+        if now - self._refreshed_at >= self.refresh_s or trainer.is_last_batch:
             self._refreshed_at = now
-        try:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        finally:
-            self._skip = False
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        if self._metrics is None or not self._skip:
-            self._metrics = dict(super().get_metrics(trainer, pl_module))
-        return self._metrics
 
 
 class RichBar(_Throttled, RichProgressBar):
     """Lightning's Rich progress bar, throttled."""
-
-    def refresh(self, hard: bool = False) -> None:
-        if hard or not self._skip:
-            super().refresh(hard=hard)
 
 
 class TQDMBar(_Throttled, TQDMProgressBar):

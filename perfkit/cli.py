@@ -15,6 +15,7 @@ turns every way a task can fail into one line on stderr and an exit status:
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -52,6 +53,17 @@ def command(
         hydra_main()
 
     return main
+
+
+def run_program(main: Callable[[], None]) -> None:
+    """``main()`` as this process's program (``if __name__ == "__main__"``), then a quicker exit: the
+    interpreter's shutdown collects every object torch and Lightning created (about 1.3 s on 2 cores);
+    frozen, they are left to the exit itself (about 0.3 s). Files are closed and atexit handlers run
+    as usual."""
+    try:
+        main()
+    finally:
+        gc.freeze()
 
 
 # set by a command's main(): when the command started, taken by the first training run

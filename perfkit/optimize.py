@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.cli import command
+from perfkit.cli import command, run_program
 from perfkit.config import ConfigError, check_required, typed_root
 from perfkit.schemas import PostTraining
 
@@ -250,4 +250,4 @@ main = command("perfkit.optimize", "optimize", optimize, user_errors=(ValueError
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

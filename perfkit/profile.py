@@ -12,11 +12,11 @@ gets per-rank traces under ``tensorboard/profiler`` and the step breakdown in ``
 
 from __future__ import annotations
 
-from perfkit.cli import command
+from perfkit.cli import command, run_program
 from perfkit.train import train_objective
 
 main = command("perfkit.profile", "profile", train_objective)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.cli import command, take_command_start
+from perfkit.cli import command, run_program, take_command_start
 from perfkit.config import check_config, fit_to_targets, instantiate_all
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[A
     from perfkit import distributed
     from perfkit.callbacks import DivergenceCheck, TrainingSpeed, add_progress_bar
     from perfkit.optim.training import TrainingOptimizations
+    from perfkit.overhead import QuietProfiler, skip_gpu_probe_without_gpus
+
+    skip_gpu_probe_without_gpus()
 
     speed = TrainingSpeed(launched_at=launched_at)
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
@@ -151,7 +154,7 @@ def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[A
         strategy=build_strategy(cfg.strategy.name, cfg.strategy.get("options")),
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger"), instantiate) or False,
-        profiler=None if isinstance(profiler, L.Callback) else profiler,
+        profiler=QuietProfiler() if profiler is None or isinstance(profiler, L.Callback) else profiler,
         _convert_="all",
     )
     distributed.remember_trainer(trainer)
@@ -398,4 +401,4 @@ main = command("perfkit.train", "train", train_objective)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

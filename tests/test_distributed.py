@@ -211,6 +211,7 @@ def test_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=4",
         "trainer.num_sanity_val_steps=0",
+        "logger=csv",  # the epoch's training loss and accuracy
     ]
     code, _, err = run_cli(*common, "devices=1", "data.batch_size=32", "hydra.run.dir=single", cwd=tmp_path)
     assert code == 0, err
@@ -234,6 +235,21 @@ def test_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
     for split in ("val", "test"):
         assert two[split]["acc"] == pytest.approx(one[split]["acc"], abs=1e-6)
         assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=1e-5)
+    # training sums each rank's correct predictions and losses: over both ranks, the one process's
+    one_train, two_train = (
+        _epoch_training_metrics(tmp_path / "single"),
+        _epoch_training_metrics(tmp_path / "ddp"),
+    )
+    assert two_train["train/acc"] == pytest.approx(one_train["train/acc"], abs=1e-6)
+    assert two_train["train/loss_epoch"] == pytest.approx(one_train["train/loss_epoch"], rel=1e-5)
+
+
+def _epoch_training_metrics(run_dir: Path) -> dict[str, float]:
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    row = next(r for r in rows if r.get("train/acc"))
+    return {key: float(row[key]) for key in ("train/acc", "train/loss_epoch")}
 
 
 @pytest.mark.distributed

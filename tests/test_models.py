@@ -91,3 +91,35 @@ def test_epoch_loss_is_the_mean_over_samples_whatever_the_batch_sizes() -> None:
         model.test_step(batch, 0)
     expected = F.cross_entropy(model(images), labels)
     torch.testing.assert_close(model.test_loss.compute(), expected.detach())
+
+
+def test_training_accuracy_and_loss_are_over_every_sample_of_the_epoch() -> None:
+    """The per-step sums (no torchmetrics update per step) give the epoch's exact mean: with a zero
+    learning rate the weights never move, so they equal a plain evaluation of the training set."""
+    import lightning as L
+    import torch.nn.functional as F
+
+    from perfkit.data import DigitsDataModule
+
+    torch.manual_seed(0)
+    model = ImageClassifier(MLP, (1, 8, 8), 10, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    datamodule = DigitsDataModule(batch_size=50)  # 1,437 training samples: the last batch is short
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    images = torch.stack([image for image, _ in datamodule.train_set])
+    labels = torch.tensor([label for _, label in datamodule.train_set])
+    with torch.no_grad():
+        logits = model(images)
+    metrics = trainer.callback_metrics
+    assert metrics["train/acc"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert metrics["train/loss_epoch"].item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-5
+    )

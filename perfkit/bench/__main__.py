@@ -6,7 +6,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from perfkit.cli import command
+from perfkit.cli import command, run_program
 
 
 def bench(cfg: DictConfig) -> None:
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

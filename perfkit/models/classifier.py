@@ -12,12 +12,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from perfkit.overhead import LeanHooks
+
 NetFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(LeanHooks, L.LightningModule):
     """Cross-entropy classification whose val/test accuracy and loss are exact under DDP: torchmetrics
     sums correct counts and per-sample losses over all ranks (a mean of per-rank means is not the mean
     when ranks hold different numbers of samples).
@@ -51,30 +53,52 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.warmup_steps = warmup_steps
         self.example_input_array = torch.zeros(2, *input_shape)
-        # Per-step cost matters on a GPU: no argument validation and no NaN check (each is a host
-        # sync), and metrics accumulate with update() and are logged once per epoch.
-        self.train_acc, self.val_acc, self.test_acc = (
-            MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3)
+        # Per-step cost matters: no argument validation and no NaN check (each is a host sync on a
+        # GPU), and metrics accumulate with update() and are logged once per epoch.
+        self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(2)
         )
-        self.train_loss, self.val_loss, self.test_loss = (
-            MeanMetric(nan_strategy="disable") for _ in range(3)
-        )
+        self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
+        # Training sums correct predictions and losses in two device tensors (a few tensor ops a step;
+        # a torchmetrics update costs ~60 us of Python), handed once per epoch to these weighted means,
+        # which reduce them exactly over DDP ranks. Plain attributes, not buffers: DDP would overwrite
+        # buffers with rank 0's on every forward.
+        self.train_acc, self.train_loss = MeanMetric(), MeanMetric()
+        self._reset_training_sums(torch.device("cpu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+    def _logits_and_losses(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         losses = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
-        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
+        return logits, losses, labels
+
+    def _evaluation_step(self, batch: Any, stage: str) -> None:
+        logits, losses, labels = self._logits_and_losses(batch)
+        getattr(self, f"{stage}_acc").update(logits, labels)
         # per-sample losses, so the epoch's loss is the mean over samples whatever the batch sizes (a
         # `weight` argument would be dropped: torchmetrics ignores it with nan_strategy="disable")
-        getattr(self, f"{stage}_loss").update(losses.detach())
-        return losses.mean()
+        getattr(self, f"{stage}_loss").update(losses)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_training_sums(self.device)
+
+    def _reset_training_sums(self, device: torch.device) -> None:
+        self._train_correct = torch.zeros((), dtype=torch.int64, device=device)
+        self._train_loss_sum = torch.zeros((), device=device)
+        self._train_samples = 0
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
+        logits, losses, labels = self._logits_and_losses(batch)
+        if self._train_loss_sum.device != losses.device:  # called outside a Trainer (perfkit.tune)
+            self._reset_training_sums(losses.device)
+        loss_sum = losses.sum()
+        self._train_loss_sum.add_(loss_sum.detach())
+        self._train_correct.add_((logits.detach().argmax(1) == labels).sum())
+        self._train_samples += len(labels)
+        loss = loss_sum / len(labels)
         # the step's loss for the progress bar and the loggers, at the loggers' cadence: logging it on
         # every step costs Lightning's bookkeeping each step and a host sync wherever it is read
         if _logs_this_step(self):
@@ -82,12 +106,16 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._evaluation_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._evaluation_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
+        if samples := self._train_samples:
+            # this rank's means weighted by its samples: over all ranks, the sums over all samples
+            self.train_acc.update(self._train_correct / samples, weight=samples)
+            self.train_loss.update(self._train_loss_sum / samples, weight=samples)
         # the metric objects: Lightning computes them over all ranks, then resets them
         self.log("train/loss_epoch", self.train_loss, prog_bar=True)
         self.log("train/acc", self.train_acc, prog_bar=True)

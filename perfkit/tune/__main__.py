@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from perfkit.cli import command
+from perfkit.cli import command, run_program
 from perfkit.config import check_config, typed_node
 
 log = logging.getLogger("perfkit.tune")
@@ -146,4 +146,4 @@ main = command("perfkit.tune", "tune", run)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)
