@@ -35,6 +35,7 @@ class TrainingSpeed(L.Callback):
         self._epoch_start = 0.0
         self._validation_start = 0.0
         self._validation_s = 0.0
+        self._validating = False  # a validation ended; its span closes when training goes on
         self._samples = 0
         # (epochs, optimizer steps) at the end of fit
         self.progress: tuple[int, int] | None = None
@@ -56,6 +57,8 @@ class TrainingSpeed(L.Callback):
             self._first_step_at = time.perf_counter()
             if self.launched_at is not None:
                 self.time_to_first_step_s = time.time() - self.launched_at
+        if self._validating:  # a validation inside the epoch (val_check_interval) ended
+            self._close_validation(trainer)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -63,17 +66,24 @@ class TrainingSpeed(L.Callback):
         first = batch[0] if isinstance(batch, list | tuple) and batch else None
         self._samples += len(first) if isinstance(first, torch.Tensor) else extract_batch_size(batch)
 
-    # the whole validation loop is left out (its setup, metrics and logging too), as a hand-written
-    # loop's epoch timer leaves out its validation; fit_time_s counts everything
+    # The whole validation is left out, as a hand-written loop's epoch timer leaves out its validation:
+    # its setup, metrics, logging and what the callbacks do when it ends (the best checkpoint is
+    # written then), up to the next training batch or the epoch's end. fit_time_s counts everything.
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.training or trainer.state.fn == "fit":
             self._validation_start = self._now(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.training or trainer.state.fn == "fit") and not trainer.sanity_checking:
-            self._validation_s += self._now(trainer) - self._validation_start
+            self._validating = True
+
+    def _close_validation(self, trainer: L.Trainer) -> None:
+        self._validation_s += self._now(trainer) - self._validation_start
+        self._validating = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validating:
+            self._close_validation(trainer)
         self.epoch_times_s.append(self._now(trainer) - self._epoch_start - self._validation_s)
         self.epoch_samples.append(self._samples)
 

@@ -79,3 +79,19 @@ def test_training_speed_times_the_first_step_and_the_fit() -> None:
     library_call = TrainingSpeed()  # no launch time: nothing to report
     _fit(library_call, batches=2)
     assert library_call.summary(world_size=1)["time_to_first_step_s"] is None
+
+
+class _SlowAfterValidation(L.Callback):
+    """What the best checkpoint does: work after validation, in a callback that runs after ours."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            time.sleep(0.3)
+
+
+def test_training_speed_leaves_out_what_runs_when_validation_ends() -> None:
+    speed = TrainingSpeed()
+    trainer = _fit(speed, _SlowAfterValidation(), batches=3)
+    assert trainer.current_epoch == 1
+    (epoch_s,) = speed.epoch_times_s
+    assert epoch_s < 0.3 <= speed.fit_time_s  # type: ignore[operator]
