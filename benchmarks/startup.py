@@ -112,10 +112,15 @@ def write(samples: dict[str, list[float]], rounds: int) -> Path:
     accuracy = f"val {summary['val_acc']['median']:.3f}, test {summary['test_acc']['median']:.3f}"
     figure, axes = new_figure(7.5, 2.2)
     left = 0.0
-    phases = ("import_lightning_s", "perfkit_before_first_step_s", "fit_s", "after_fit_s")
-    for color, name in enumerate(phases):
+    phases = {
+        "import_lightning_s": "import torch and lightning",
+        "perfkit_before_first_step_s": "perfkit's own start-up",
+        "fit_s": "training (5 epochs, validation included)",
+        "after_fit_s": "test, results, exit",
+    }
+    for color, (name, label) in enumerate(phases.items()):
         width = summary[name]["median"]
-        axes.barh([0], [width], left=left, color=f"C{color}", label=labels[name].split(":")[0].strip("*`"))
+        axes.barh([0], [width], left=left, color=f"C{color}", label=label)
         left += width
     axes.set_yticks([])
     axes.set_xlabel("seconds from the process start (medians)")

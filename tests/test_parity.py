@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 from hydra.utils import instantiate
 
@@ -43,29 +42,3 @@ def test_one_round_reports_every_variant(tmp_path: Path) -> None:
         assert low <= high
     for name in parity.VARIANTS:
         assert 0 <= summary[name]["test_acc"] <= 1 and summary[name]["samples_per_s"] > 0
-
-
-def test_the_startup_report_splits_the_wall_time_into_phases(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import json
-
-    from benchmarks import reporting, startup
-
-    monkeypatch.setattr(reporting, "RESULTS_DIR", tmp_path)
-    samples = {
-        "import_torch_s": [1.5, 1.6],
-        "import_lightning_s": [4.0, 4.4],
-        "time_to_first_step_s": [5.0, 5.2],
-        "fit_s": [8.0, 8.4],
-        "after_fit_s": [0.7, 0.9],
-        "wall_s": [13.7, 14.5],
-        "val_acc": [0.978, 0.978],
-        "test_acc": [0.966, 0.966],
-        "exit_s": [1.3, 1.4],
-        "exit_frozen_s": [0.3, 0.3],
-    }
-    path = startup.write(samples, rounds=2)
-    summary = json.loads(path.read_text())["summary"]
-    # perfkit's own share is paired per round: 5.0 - 4.0 and 5.2 - 4.4
-    assert summary["perfkit_before_first_step_s"]["median"] == pytest.approx(0.9)
-    table = path.with_suffix(".md").read_text()
-    assert "time to the first training step" in table and path.with_suffix(".png").exists()

@@ -90,14 +90,19 @@ class ImageClassifier(LeanHooks, L.LightningModule):
         self._train_loss_sum = torch.zeros((), device=device)
         self._train_samples = 0
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        logits, losses, labels = self._logits_and_losses(batch)
-        if self._train_loss_sum.device != losses.device:  # called outside a Trainer (perfkit.tune)
-            self._reset_training_sums(losses.device)
-        loss_sum = losses.sum()
+    def _add_to_training_sums(
+        self, logits: torch.Tensor, loss_sum: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        if self._train_loss_sum.device != loss_sum.device:  # called outside a Trainer (perfkit.tune)
+            self._reset_training_sums(loss_sum.device)
         self._train_loss_sum.add_(loss_sum.detach())
         self._train_correct.add_((logits.detach().argmax(1) == labels).sum())
         self._train_samples += len(labels)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        logits, losses, labels = self._logits_and_losses(batch)
+        loss_sum = losses.sum()
+        self._add_to_training_sums(logits, loss_sum, labels)
         loss = loss_sum / len(labels)
         # the step's loss for the progress bar and the loggers, at the loggers' cadence: logging it on
         # every step costs Lightning's bookkeeping each step and a host sync wherever it is read
