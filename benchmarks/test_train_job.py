@@ -6,12 +6,11 @@ interpreter start-up, imports and data loading: everything the user waits for.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.startup import run_default_job
 
 TARGET_SECONDS = 60.0
 TARGET_VAL_ACC = 0.95
@@ -21,20 +20,7 @@ def test_default_job(benchmark: Any, tmp_path: Path) -> None:
     runs = iter(range(100))
 
     def run_job() -> dict[str, Any]:
-        run_dir = tmp_path / f"run{next(runs)}"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "perfkit.train",
-                f"hydra.run.dir={run_dir}",
-                "trainer.enable_progress_bar=false",
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )
-        return json.loads((run_dir / "metrics.json").read_text())  # type: ignore[no-any-return]
+        return run_default_job(tmp_path / f"run{next(runs)}")
 
     metrics = benchmark.pedantic(run_job, rounds=3, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(

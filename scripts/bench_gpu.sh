@@ -11,6 +11,8 @@ quick, full, gpu: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRID
   (a new dated directory if that one exists: never overwritten).
 parity: runs 'python -m benchmarks.parity --device cuda ARG ...' (perfkit.train against hand-written
   loops), writing benchmarks/results/train_parity-cuda.{json,md,png}.
+startup: runs 'python -m benchmarks.startup ARG ...' (the default job's time to first step and wall
+  time, in phases), writing benchmarks/results/startup-cuda.{json,md,png}.
 On a machine whose Python lacks perfkit's dependencies, wheels in .whl/ (scripts/device_wheels.sh .whl
 makes them) are installed first, into /tmp/site.
 gpu is the GPU-sized preset: ResNet-50 and ViT-B/16 at 224x224, batch 256, with MFU and a
@@ -23,13 +25,13 @@ USAGE
 
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
-    "") usage >&2; echo "error: PRESET is required (quick, full, gpu or parity)" >&2; exit 2 ;;
+    "") usage >&2; echo "error: PRESET is required (quick, full, gpu, parity or startup)" >&2; exit 2 ;;
 esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ "$preset" != parity ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity" >&2
+if [ "$preset" != parity ] && [ "$preset" != startup ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
+    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity, startup" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"
@@ -45,6 +47,9 @@ if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 if [ "$preset" = parity ]; then
     cd "$here" && exec "$python" -m benchmarks.parity --device cuda "$@"
+fi
+if [ "$preset" = startup ]; then
+    cd "$here" && exec "$python" -m benchmarks.startup "$@"
 fi
 stamp=$(date +%Y-%m-%d_%H-%M-%S)
 run_dir="$here/outputs/bench/runs/gpu-$preset-$stamp"
