@@ -103,14 +103,16 @@ def length(intervals: Intervals) -> float:
 
 @dataclass(frozen=True)
 class Span:
-    """One profiled event: its name, start and end (µs), whether it ran on an accelerator, and whether
-    it is a ``record_function`` label (which wraps work rather than doing it)."""
+    """One profiled event: its name, start and end (µs), whether it ran on an accelerator, whether it
+    is a ``record_function`` label (which wraps work rather than doing it), and for CUDA API calls and
+    device work the correlation id that ties a launch to what it launched (0: none)."""
 
     name: str
     start_us: float
     end_us: float
     on_device: bool = False
     annotation: bool = False
+    correlation: int = 0
 
 
 @dataclass
@@ -166,8 +168,11 @@ def step_breakdown(spans: Sequence[Span], *, device: str = "cpu") -> StepBreakdo
     steps = [s for s in spans if not s.on_device and _STEP.match(s.name)]
     if not steps:
         return None
+    bounds = [(s.start_us, s.end_us) for s in steps]
+    if device != "cpu":
+        bounds = device_timed_steps(bounds, spans)
     window = subtract(
-        union((s.start_us, s.end_us) for s in steps),
+        union(bounds),
         union((s.start_us, s.end_us) for s in spans if s.name == VALIDATION_LABEL),
     )
     total = length(window)
@@ -201,6 +206,51 @@ def step_breakdown(spans: Sequence[Span], *, device: str = "cpu") -> StepBreakdo
 
 # CUDA/HIP runtime and driver API calls on the CPU: kernel launches, copies, synchronisations
 _RUNTIME = re.compile(r"^(cuda|cu|hip)[A-Z]")
+
+
+def device_timed_steps(steps: Sequence[tuple[float, float]], spans: Sequence[Span]) -> Intervals:
+    """Steps as the GPU sees them, as the TensorBoard plugin times them: a step ends when the later of
+    its CPU side and the last device work it launched ends, and starts when the previous step ends.
+
+    The CPU runs ahead of a busy GPU, so a CPU-side step can end long before its kernels do. Device work
+    is tied to the step whose CPU side launched it by correlation id. Without any, steps stay as given.
+    """
+    steps = sorted(steps)
+    launched: dict[int, int] = {}  # correlation id -> the step whose CPU side made that call
+    for span in spans:
+        if span.correlation and not span.on_device and _RUNTIME.match(span.name):
+            for i, (start, end) in enumerate(steps):
+                if start <= span.start_us and span.end_us <= end:
+                    launched[span.correlation] = i
+                    break
+    device_end: dict[int, float] = {}
+    first_device_start = float("inf")
+    for span in spans:
+        if span.on_device and not span.annotation and span.correlation in launched:
+            i = launched[span.correlation]
+            device_end[i] = max(device_end.get(i, span.end_us), span.end_us)
+            if i == 0:
+                first_device_start = min(first_device_start, span.start_us)
+    if not device_end:
+        return list(steps)
+    previous_end = steps[0][0]
+    if 0 in device_end:  # work launched before the window, still running when it opened, delays step 0
+        earlier = [
+            s.end_us
+            for s in spans
+            if s.on_device
+            and not s.annotation
+            and s.correlation not in launched
+            and s.end_us < first_device_start
+        ]
+        previous_end = max([previous_end, *earlier])
+    timed: Intervals = []
+    for i, (start, end) in enumerate(steps):
+        start = max(previous_end, start)
+        end = max(end, device_end.get(i, start))
+        timed.append((start, end))
+        previous_end = end
+    return timed
 
 
 def _is_cpu_operator(span: Span) -> bool:
@@ -361,8 +411,61 @@ def spans_of(events: Any) -> list[Span]:
         annotation = bool(
             getattr(event, "is_user_annotation", False) or getattr(event, "is_python_function", False)
         )
-        spans.append(Span(event.name, float(interval.start), float(interval.end), on_device, annotation))
+        # kernels and copies carry the correlation id of the CUDA API call that launched them
+        correlation = int(getattr(event, "id", 0) or 0) if on_device or _RUNTIME.match(event.name) else 0
+        spans.append(
+            Span(event.name, float(interval.start), float(interval.end), on_device, annotation, correlation)
+        )
     return spans
+
+
+# Chrome-trace categories written by torch.profiler (Kineto), with the older spellings of torch 1.x traces
+# that the TensorBoard plugin still reads; other categories (flows, "Trace", memory instants) are skipped
+_TRACE_DEVICE = {"kernel", "gpu_memcpy", "memcpy", "gpu_memset", "memset", "gpu_user_annotation"}
+_TRACE_HOST = {"cpu_op", "operator", "cuda_runtime", "cuda_driver", "runtime", "python"}
+_TRACE_ANNOTATION = {"user_annotation", "gpu_user_annotation", "python_function"}
+
+
+def spans_from_trace(trace: str | Path | Mapping[str, Any]) -> list[Span]:
+    """The duration events of a trace that ``torch.profiler`` exported (``.pt.trace.json``, optionally
+    gzipped, or its parsed JSON) as :class:`Span` s, so a trace from any machine can be broken down."""
+    if not isinstance(trace, Mapping):
+        import gzip
+        import json
+
+        path = Path(trace)
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        try:
+            trace = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a Chrome trace (JSON) from torch.profiler: {e}") from None
+    events = trace.get("traceEvents") if isinstance(trace, Mapping) else None
+    if not isinstance(events, list):
+        raise ValueError("not a Chrome trace from torch.profiler: it has no 'traceEvents' list")
+    spans = []
+    for event in events:
+        category = str(event.get("cat", "")).lower()
+        if event.get("ph") != "X" or category not in _TRACE_DEVICE | _TRACE_HOST | _TRACE_ANNOTATION:
+            continue
+        start = float(event["ts"])
+        args = event.get("args") or {}
+        spans.append(
+            Span(
+                str(event.get("name", "")),
+                start,
+                start + float(event.get("dur", 0.0)),
+                on_device=category in _TRACE_DEVICE,
+                annotation=category in _TRACE_ANNOTATION,
+                correlation=int(args.get("correlation", 0) or 0),
+            )
+        )
+    return spans
+
+
+def trace_breakdown(trace: str | Path | Mapping[str, Any], device: str | None = None) -> StepBreakdown | None:
+    """:func:`step_breakdown` of an exported trace; the device is ``cuda`` if the trace has device events."""
+    spans = spans_from_trace(trace)
+    return step_breakdown(spans, device=device or ("cuda" if any(s.on_device for s in spans) else "cpu"))
 
 
 # -- the callback -------------------------------------------------------------------------------------
