@@ -478,6 +478,24 @@ def test_profiled_run_writes_traces_breakdown_and_report(compose_train: ComposeT
     assert "Step profile" in (run_dir / "profile.md").read_text()
     assert metrics["profile"]["breakdown"] == breakdown
     assert metrics["profile"]["trace_dir"] == "tensorboard/profiler"
+    # No host sync in a training step: on a GPU each .item() (or bool/float of a tensor) waits for the
+    # GPU. Only AdamW reads its step counters (CPU tensors unless capturable), after the last backward
+    # op of the closure that Lightning runs inside optimizer.step.
+    events = sorted((e for e in trace["traceEvents"] if e.get("ph") == "X"), key=lambda e: e["ts"])
+    steps = union((e["ts"], e["ts"] + e["dur"]) for e in events if e["name"].startswith("ProfilerStep#"))
+    optimizer_updates = []
+    for opt in (e for e in events if e["name"].startswith("Optimizer.step#")):
+        backward_ends = [
+            e["ts"] + e["dur"]
+            for e in events
+            if e["name"].startswith("autograd::engine::evaluate_function")
+            and opt["ts"] <= e["ts"] <= opt["ts"] + opt["dur"]
+        ]
+        optimizer_updates.append((max(backward_ends), opt["ts"] + opt["dur"]))
+    syncs = union((e["ts"], e["ts"] + e["dur"]) for e in events if e["name"] == "aten::_local_scalar_dense")
+    assert len(optimizer_updates) == 3
+    stray = subtract(intersect(syncs, steps), union(optimizer_updates))
+    assert not stray, f"{len(stray)} host syncs in 3 training steps, outside the optimizer's update"
     # the exported trace, read back, gives the breakdown the callback computed from the live events
     from_file = trace_breakdown(traces[0])
     assert from_file is not None and from_file.steps == 3
