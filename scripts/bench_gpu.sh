@@ -13,6 +13,8 @@ parity: runs 'python -m benchmarks.parity --device cuda ARG ...' (perfkit.train 
   loops), writing benchmarks/results/train_parity-cuda.{json,md,png}.
 startup: runs 'python -m benchmarks.startup ARG ...' (the default job's time to first step and wall
   time, in phases), writing benchmarks/results/startup-cuda.{json,md,png}.
+tests: runs the gpu-marked tests ('pytest -m gpu ARG ...') and keeps their output, headed by the GPU
+  and versions, in benchmarks/results/gpu_tests-GPU.txt (a dated name if that file exists).
 On a machine whose Python lacks perfkit's dependencies, wheels in .whl/ (scripts/device_wheels.sh .whl
 makes them) are installed first, into /tmp/site.
 gpu is the GPU-sized preset: ResNet-50 and ViT-B/16 at 224x224, batch 256, with MFU and a
@@ -25,13 +27,14 @@ USAGE
 
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
-    "") usage >&2; echo "error: PRESET is required (quick, full, gpu, parity or startup)" >&2; exit 2 ;;
+    "") usage >&2; echo "error: PRESET is required (quick, full, gpu, parity, startup or tests)" >&2; exit 2 ;;
 esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ "$preset" != parity ] && [ "$preset" != startup ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity, startup" >&2
+case "$preset" in parity | startup | tests) own_command=1 ;; *) own_command=0 ;; esac
+if [ $own_command = 0 ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
+    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity, startup, tests" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"
@@ -42,7 +45,11 @@ if ! "$python" -c "import hydra, perfkit" 2>/dev/null && compgen -G "$here/.whl/
     export PYTHONPATH="$here:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "error: no CUDA device on this machine; on a CPU run: python -m perfkit.bench bench=$preset device=cpu" >&2
+    if [ $own_command = 1 ]; then
+        echo "error: no CUDA device on this machine; '$preset' is the GPU half (its CPU half runs without this script)" >&2
+    else
+        echo "error: no CUDA device on this machine; on a CPU run: python -m perfkit.bench bench=$preset device=cpu" >&2
+    fi
     exit 2
 fi
 if [ "$preset" = parity ]; then
@@ -52,6 +59,18 @@ if [ "$preset" = startup ]; then
     cd "$here" && exec "$python" -m benchmarks.startup "$@"
 fi
 stamp=$(date +%Y-%m-%d_%H-%M-%S)
+if [ "$preset" = tests ]; then
+    # e.g. "NVIDIA H100 80GB HBM3" -> h100
+    gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name().lower().removeprefix('nvidia ').split()[0])")
+    out="$here/benchmarks/results/gpu_tests-$gpu.txt"
+    [ -e "$out" ] && out="$here/benchmarks/results/gpu_tests-$gpu-$stamp.txt"
+    header=$("$python" -c "import platform, torch, lightning; print(f'# pytest -m gpu on {torch.cuda.get_device_name()}: torch {torch.__version__}, lightning {lightning.__version__}, Python {platform.python_version()}')")
+    cd "$here"
+    status=0
+    { echo "$header, $(date +%F)"; "$python" -m pytest -m gpu -o addopts= -p no:cacheprovider --strict-markers tests "$@"; } 2>&1 | tee "$out" || status=$?
+    echo "output kept in $out"
+    exit $status
+fi
 run_dir="$here/outputs/bench/runs/gpu-$preset-$stamp"
 "$python" -m perfkit.bench "bench=$preset" device=cuda "hydra.run.dir=$run_dir" "$@"
 results="$here/benchmarks/results/bench-$preset-cuda"
