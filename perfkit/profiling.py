@@ -215,14 +215,16 @@ def device_timed_steps(steps: Sequence[tuple[float, float]], spans: Sequence[Spa
     The CPU runs ahead of a busy GPU, so a CPU-side step can end long before its kernels do. Device work
     is tied to the step whose CPU side launched it by correlation id. Without any, steps stay as given.
     """
+    from bisect import bisect_right
+
     steps = sorted(steps)
+    starts = [start for start, _ in steps]
     launched: dict[int, int] = {}  # correlation id -> the step whose CPU side made that call
     for span in spans:
         if span.correlation and not span.on_device and _RUNTIME.match(span.name):
-            for i, (start, end) in enumerate(steps):
-                if start <= span.start_us and span.end_us <= end:
-                    launched[span.correlation] = i
-                    break
+            i = bisect_right(starts, span.start_us) - 1  # the last step starting at or before the call
+            if i >= 0 and span.end_us <= steps[i][1]:
+                launched[span.correlation] = i
     device_end: dict[int, float] = {}
     first_device_start = float("inf")
     for span in spans:

@@ -370,6 +370,23 @@ def test_the_plugin_misreads_current_traces_and_perfkit_does_not() -> None:
     assert step_us == pytest.approx(100)  # the plugin's step: the CPU side only
 
 
+def test_device_timed_steps_follow_the_work_each_step_launched() -> None:
+    from perfkit.profiling import device_timed_steps
+
+    steps = [(0.0, 100.0), (100.0, 200.0), (200.0, 300.0)]
+    spans = [
+        Span("cudaLaunchKernel", 10, 20, correlation=1),
+        Span("void k", 20, 250, on_device=True, correlation=1),  # step 0's kernel runs into step 2
+        # step 1 launches nothing: it starts when step 0's work ends and has no length of its own
+        Span("cudaLaunchKernel", 210, 220, correlation=2),
+        Span("void k", 250, 400, on_device=True, correlation=2),
+        Span("cudaLaunchKernel", 150, 350, correlation=3),  # crosses a step boundary: tied to none
+        Span("void k", 400, 500, on_device=True, correlation=3),
+    ]
+    assert device_timed_steps(steps, spans) == [(0, 250), (250, 250), (250, 400)]
+    assert device_timed_steps(steps, [Span("void k", 0, 900, on_device=True)]) == steps  # no correlation
+
+
 def test_a_trace_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "rank0.1.pt.trace.json"
     bad.write_text("not json")
