@@ -29,7 +29,10 @@ def test_tensorboard_script_rejects_a_missing_run_dir(tmp_path: Path) -> None:
 def test_bench_gpu_script_rejects_an_unknown_preset() -> None:
     result = subprocess.run([SCRIPTS / "bench_gpu.sh", "huge"], capture_output=True, text=True, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: unknown PRESET 'huge'; allowed: quick, full, gpu, parity, startup, tests"
+    assert (
+        result.stderr.strip()
+        == "error: unknown PRESET 'huge'; allowed: quick, full, gpu, parity, startup, tests"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
