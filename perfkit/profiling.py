@@ -776,6 +776,31 @@ _ACCELERATOR_LABELS = {
 }
 
 
+def breakdown_lines(breakdown: Mapping[str, Any], hint_line: str | None, scope: str) -> list[str]:
+    """Markdown lines: the step time, a table of where it went, and the hint."""
+    lines = [
+        f"{breakdown['steps']} profiled steps on {breakdown['device']}, "
+        f"{breakdown['step_ms']:.2f} ms per step ({scope}).",
+        "",
+        "| where the step time went | share |",
+        "|---|---:|",
+    ]
+    labels = _ACCELERATOR_LABELS if breakdown.get("device_busy") is not None else _CPU_LABELS
+    lines += [f"| {label} | {breakdown[key]:.1%} |" for key, label in labels.items()]
+    if breakdown.get("device_busy") is not None:
+        lines.append(
+            f"| **GPU utilisation** (kernels, copies or memsets running) | {breakdown['device_busy']:.1%} |"
+        )
+    if breakdown.get("communication_total"):
+        lines.append(f"| all communication, overlapped or not | {breakdown['communication_total']:.1%} |")
+    return [
+        *lines,
+        "",
+        f"**Hint:** {hint_line}" if hint_line else "No obvious bottleneck outside compute.",
+        "",
+    ]
+
+
 def to_markdown(result: Mapping[str, Any]) -> str:
     """``profile.md``: the breakdown, the hint and the top operators."""
     lines = ["# Step profile", ""]
@@ -783,26 +808,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     if breakdown is None:
         lines += ["No profiled step completed: see the schedule below.", ""]
     else:
-        lines += [
-            f"{breakdown['steps']} profiled steps on {breakdown['device']}, "
-            f"{breakdown['step_ms']:.2f} ms per step (mean over {result['world_size']} rank(s)).",
-            "",
-            "| where the step time went | share |",
-            "|---|---:|",
-        ]
-        labels = _ACCELERATOR_LABELS if breakdown.get("device_busy") is not None else _CPU_LABELS
-        lines += [f"| {label} | {breakdown[key]:.1%} |" for key, label in labels.items()]
-        if breakdown.get("device_busy") is not None:
-            lines.append(
-                f"| **GPU utilisation** (kernels, copies or memsets running) | {breakdown['device_busy']:.1%} |"
-            )
-        if result["world_size"] > 1 or breakdown.get("communication_total"):
-            lines.append(f"| all communication, overlapped or not | {breakdown['communication_total']:.1%} |")
-        lines += [
-            "",
-            f"**Hint:** {result['hint']}" if result.get("hint") else "No obvious bottleneck outside compute.",
-            "",
-        ]
+        lines += breakdown_lines(breakdown, result.get("hint"), f"mean over {result['world_size']} rank(s)")
     for kind, title in (("cpu", "self CPU time"), ("device", "self accelerator time")):
         operators = result.get("top_operators", {}).get(kind)
         if not operators:

@@ -399,6 +399,37 @@ def test_a_trace_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
     assert trace_breakdown(gzipped) == trace_breakdown(_gpu_bound(True))
 
 
+def test_profile_command_breaks_down_existing_traces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perfkit import profile
+
+    trace = tmp_path / "rank0.1.pt.trace.json"
+    trace.write_text(json.dumps(_launch_bound(current=True)))
+    monkeypatch.setattr(sys, "argv", ["perfkit.profile", "--trace", str(trace)])
+    with pytest.raises(SystemExit) as exit_status:
+        profile.main()
+    assert exit_status.value.code == 0
+    out = capsys.readouterr().out
+    assert f"# Step profile of `{trace}`" in out and "3 profiled steps on cuda, 1.00 ms per step" in out
+    assert "| **GPU utilisation** (kernels, copies or memsets running) | 17.2% |" in out
+    assert "| waiting for data (GPU idle) | 10.0% |" in out and "GPU is busy only 17%" in out
+
+    no_steps = tmp_path / "no_steps.json"
+    no_steps.write_text(
+        json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0}]})
+    )
+    for paths, message in [
+        ([], "--trace needs one or more"),
+        ([str(tmp_path / "missing.json")], "missing.json: No such file or directory"),
+        ([str(no_steps)], "holds no complete ProfilerStep"),
+        ([str(tmp_path)], "Is a directory"),
+    ]:
+        assert profile.report_traces(paths) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_python_frames_and_labels_are_not_compute() -> None:
     """With with_stack, Python frames wrap the operators like record_function labels do."""
     from types import SimpleNamespace
