@@ -445,22 +445,27 @@ def spans_from_trace(trace: str | Path | Mapping[str, Any]) -> list[Span]:
     if not isinstance(events, list):
         raise ValueError("not a Chrome trace from torch.profiler: it has no 'traceEvents' list")
     spans = []
-    for event in events:
-        category = str(event.get("cat", "")).lower()
-        if event.get("ph") != "X" or category not in _TRACE_DEVICE | _TRACE_HOST | _TRACE_ANNOTATION:
-            continue
-        start = float(event["ts"])
-        args = event.get("args") or {}
-        spans.append(
-            Span(
-                str(event.get("name", "")),
-                start,
-                start + float(event.get("dur", 0.0)),
-                on_device=category in _TRACE_DEVICE,
-                annotation=category in _TRACE_ANNOTATION,
-                correlation=int(args.get("correlation", 0) or 0),
+    for number, event in enumerate(events):
+        try:
+            category = str(event.get("cat", "")).lower()
+            if event.get("ph") != "X" or category not in _TRACE_DEVICE | _TRACE_HOST | _TRACE_ANNOTATION:
+                continue
+            start = float(event["ts"])
+            args = event.get("args") or {}
+            spans.append(
+                Span(
+                    str(event.get("name", "")),
+                    start,
+                    start + float(event.get("dur", 0.0)),
+                    on_device=category in _TRACE_DEVICE,
+                    annotation=category in _TRACE_ANNOTATION,
+                    correlation=int(args.get("correlation", 0) or 0),
+                )
             )
-        )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"not a torch.profiler trace: event {number} is malformed: {event!r:.120}"
+            ) from None
     return spans
 
 

@@ -394,6 +394,8 @@ def test_a_trace_that_is_not_one_is_a_one_line_error(tmp_path: Path) -> None:
         spans_from_trace(bad)
     with pytest.raises(ValueError, match="no 'traceEvents' list"):
         spans_from_trace({"schemaVersion": 1})
+    with pytest.raises(ValueError, match="event 1 is malformed"):
+        spans_from_trace({"traceEvents": [{"ph": "M"}, {"ph": "X", "cat": "kernel", "name": "k"}]})
     gzipped = tmp_path / "rank0.2.pt.trace.json.gz"
     gzipped.write_bytes(gzip.compress(json.dumps(_gpu_bound(True)).encode()))
     assert trace_breakdown(gzipped) == trace_breakdown(_gpu_bound(True))
