@@ -44,6 +44,12 @@ if ! "$python" -c "import hydra, perfkit" 2>/dev/null && compgen -G "$here/.whl/
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/.whl/*.whl
     export PYTHONPATH="$here:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# name any requirement still missing here before a long run, not as an ImportError half-way through it
+if ! unmet=$("$python" "$here/scripts/check_requirements.py"); then
+    echo "warning: perfkit's requirements not met on this machine (what needs them will fail):" >&2
+    echo "$unmet" | sed 's/^/  /' >&2
+    echo "  carry wheels for them: scripts/device_wheels.sh .whl" >&2
+fi
 if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     if [ $own_command = 1 ]; then
         echo "error: no CUDA device on this machine; '$preset' is the GPU half (its CPU half runs without this script)" >&2

@@ -2,14 +2,22 @@
 # Download the wheels a lent GPU machine lacks into DIR, to carry there for scripts/bench_gpu.sh.
 set -euo pipefail
 
+# perfkit's requirements (pyproject.toml), split by where a lent GPU machine gets them; a test keeps
+# the three lists equal to pyproject's dependencies
+on_the_image=(torch torchvision lightning tensorboard torchmetrics scikit-learn numpy scipy matplotlib tqdm)
+carried=(hydra-core==1.3.2 omegaconf==2.3.0 mlxtend==0.25.0 typeguard torch-pruning==1.6.1 torch-tb-profiler==0.4.3)
+left_behind=(wandb) # only logger=wandb needs it: a binary wheel with many dependencies
+
 usage() {
     cat <<USAGE
 usage: scripts/device_wheels.sh DIR
 
-Downloads into DIR (normally .whl, which git ignores) the wheels a lent GPU machine lacks: its image
-has torch, Lightning, torchvision, torchmetrics and pytest, but not Hydra, omegaconf, antlr4, mlxtend,
-typeguard or torch-pruning. antlr4 4.9.3 ships no wheel, so one is built. Carry DIR to the GPU machine
-and run scripts/bench_gpu.sh there: it installs them into /tmp/site first.
+Downloads into DIR (normally .whl, which git ignores) the wheels a lent GPU machine lacks. Its image
+has ${on_the_image[*]} (and pytest);
+these are carried: ${carried[*]},
+and antlr4-python3-runtime==4.9.3, which Hydra needs and which ships no wheel, so one is built.
+Left behind: ${left_behind[*]}. Carry DIR to the GPU machine and run scripts/bench_gpu.sh there: it
+installs the wheels into /tmp/site first, then names any requirement still unmet.
 Example: scripts/device_wheels.sh .whl
 USAGE
 }
@@ -26,6 +34,6 @@ mkdir -p "$out"
 # the device's Python is 3.12 on x86-64 manylinux; these are pure-Python wheels
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d "$out" \
-    hydra-core==1.3.2 omegaconf==2.3.0 mlxtend==0.25.0 typeguard torch-pruning==1.6.1
+    "${carried[@]}"
 "$python" -m pip wheel -q --no-deps -w "$out" antlr4-python3-runtime==4.9.3
 ls -1 "$out"

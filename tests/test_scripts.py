@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from packaging.requirements import Requirement
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
@@ -57,3 +62,54 @@ def test_docker_build_context_holds_what_the_dockerfile_copies() -> None:
     ]
     assert copied and set(copied) <= allowed
     assert all((root / source).exists() for source in copied)
+
+
+def _check_requirements(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, SCRIPTS / "check_requirements.py", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_check_requirements_passes_where_perfkit_is_installed() -> None:
+    result = _check_requirements()
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_check_requirements_names_a_missing_package_and_a_wrong_version(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    dependencies = ["no-such-package-perfkit>=1", "torch>=99", "numpy>=1", "torch>=99; python_version < '3'"]
+    pyproject.write_text(_pyproject_with(dependencies))
+    result = _check_requirements(str(pyproject))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "no-such-package-perfkit: not installed (perfkit needs no-such-package-perfkit>=1)",
+        f"torch: {version('torch')} installed, perfkit needs torch>=99",
+    ]
+
+
+def _pyproject_with(dependencies: list[str]) -> str:
+    quoted = ", ".join(f'"{line}"' for line in dependencies)
+    return f'[project]\nname = "x"\ndependencies = [{quoted}]\n'
+
+
+def _bash_array(script: Path, name: str) -> list[str]:
+    match = re.search(rf"^{name}=\(([^)]*)\)", script.read_text(), re.MULTILINE)
+    assert match, f"{name}=(...) not found in {script.name}"
+    return match.group(1).split()
+
+
+def test_device_wheels_account_for_every_requirement() -> None:
+    """Each of pyproject's dependencies is on the GPU image, carried as a wheel, or knowingly left behind:
+    a new dependency must be placed, or the GPU half fails on its import."""
+    script = SCRIPTS / "device_wheels.sh"
+    placed = [
+        *_bash_array(script, "on_the_image"),
+        *(Requirement(line).name for line in _bash_array(script, "carried")),
+        *_bash_array(script, "left_behind"),
+    ]
+    pyproject = tomllib.loads((SCRIPTS.parent / "pyproject.toml").read_text())
+    required = [Requirement(line).name for line in pyproject["project"]["dependencies"]]
+    assert sorted(placed) == sorted(required)
