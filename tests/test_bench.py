@@ -465,6 +465,57 @@ def test_mfu_is_flops_over_time_over_the_reference(monkeypatch: pytest.MonkeyPat
         assert row.mfu is None  # no datasheet peak for a CPU
 
 
+def test_convolution_flops_are_counted_apart_from_matmuls() -> None:
+    from perfkit.bench.utilization import step_flops, step_flops_by_kind
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.Flatten(), nn.Linear(4 * 6 * 6, 5, bias=False))
+    x = torch.randn(2, 3, 8, 8)
+    conv = 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3  # 2 FLOPs per multiply-add, per output element and kernel tap
+    matmul = 2 * 2 * (4 * 6 * 6) * 5
+    assert step_flops_by_kind(net, (x,), "inference") == {"conv": conv, "matmul": matmul}
+    # training: the forward, and the gradients of the weights and of the conv's input-side layers
+    by_kind = step_flops_by_kind(net, (x,), "train")
+    assert by_kind is not None and by_kind["conv"] >= 2 * conv and by_kind["matmul"] >= 2 * matmul
+    assert step_flops(net, (x,), "train") == sum(by_kind.values())
+
+
+@pytest.mark.parametrize(
+    ("cudnn_tf32", "matmul_precision", "expected"),
+    [
+        (True, "highest", {"conv": "tf32", "matmul": "fp32"}),  # PyTorch's defaults
+        (False, "highest", {"conv": "fp32", "matmul": "fp32"}),
+        (True, "high", {"conv": "tf32", "matmul": "tf32"}),
+    ],
+)
+def test_a_float32_row_on_cuda_counts_what_tf32_switches_allow(
+    monkeypatch: pytest.MonkeyPatch, cudnn_tf32: bool, matmul_precision: str, expected: dict[str, str]
+) -> None:
+    """The H100 report showed float32 ResNet-50 at 109% of the fp32 peak: its convolutions ran in TF32."""
+    from perfkit.bench.utilization import effective_precisions
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", cudnn_tf32)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(matmul_precision)
+    try:
+        assert effective_precisions("fp32", torch.device("cuda")) == expected
+        assert effective_precisions("fp32", torch.device("cpu")) == {"conv": "fp32", "matmul": "fp32"}
+        assert effective_precisions("bf16", torch.device("cuda")) == {"conv": "bf16", "matmul": "bf16"}
+        assert effective_precisions("tf32", torch.device("cuda")) == {"conv": "tf32", "matmul": "tf32"}
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_ideal_time_adds_each_kind_at_its_own_rate() -> None:
+    from perfkit.bench.utilization import ideal_seconds, peak_tflops
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    by_kind = {"conv": 494_700_000_000_000, "matmul": 66_900_000_000_000}  # one second of each at peak
+    precisions = {"conv": "tf32", "matmul": "fp32"}
+    assert ideal_seconds(by_kind, precisions, lambda p: peak_tflops(h100, p)) == pytest.approx(2.0)
+    assert ideal_seconds({"conv": 0, "matmul": 10**12}, precisions, {"fp32": 1.0}.get) == pytest.approx(1.0)
+    assert ideal_seconds(by_kind, precisions, lambda p: None) is None  # an unknown GPU: no MFU
+
+
 # bench=gpu shrunk to run on this CPU in seconds
 GPU_PRESET_ON_A_CPU = [
     "bench=gpu",
@@ -477,8 +528,14 @@ GPU_PRESET_ON_A_CPU = [
 ]
 
 
-def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(tmp_path: Path) -> None:
+def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """bench=gpu is one command on an H100; here its models and variants run small, as a check."""
+    import perfkit.bench.suite as suite
+
+    forgotten: list[str] = []
+    monkeypatch.setattr(suite, "forget_compiled_graphs", lambda device: forgotten.append(device.type))
     cfg = _bench_cfg(
         tmp_path,
         *GPU_PRESET_ON_A_CPU,
@@ -497,6 +554,26 @@ def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(tmp_path: Path) -> None:
     assert report.row("resnet50", "bf16_channels_last", mode="train").precision == "bf16"
     assert set(report.config["matmul_tflops"]) == {"cpu/fp32", "cpu/bf16"}
     assert "TFLOP/s (MFU)" in (tmp_path / "run" / "report.md").read_text()
+    cells = {(r.model, r.device, r.mode, r.batch_size) for r in report.rows}
+    assert sorted(forgotten) == sorted(device for _, device, _, _ in cells)  # after every cell
+
+
+def test_forgetting_compiled_graphs_drops_compiled_code() -> None:
+    """What the suite calls between cells: afterwards a compiled function compiles again (and a CUDA
+    graph pool captured with the old code is released; the gpu test checks the memory)."""
+    from torch._dynamo.utils import counters
+
+    from perfkit.bench.suite import forget_compiled_graphs
+
+    compiled = torch.compile(lambda x: x * 2 + 1, backend="eager")
+    x = torch.randn(4)
+    compiled(x)
+    before = counters["stats"]["unique_graphs"]
+    compiled(x)
+    assert counters["stats"]["unique_graphs"] == before  # cached
+    forget_compiled_graphs(torch.device("cpu"))
+    compiled(x)
+    assert counters["stats"]["unique_graphs"] == before + 1
 
 
 @pytest.mark.slow

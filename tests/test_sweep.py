@@ -104,12 +104,20 @@ def test_multirun_writes_the_summary_and_survives_a_failing_job(tmp_path: Path) 
     assert (tmp_path / "sweep" / "summary.md").is_file()
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported; find_spec of a dotted name raises when its parent is missing."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 needs_optuna = pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    not _installed("hydra_plugins.hydra_optuna_sweeper"),
     reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')",
 )
 needs_submitit = pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    not _installed("hydra_plugins.hydra_submitit_launcher"),
     reason="hydra-submitit-launcher is not installed (pip install -e '.[sweep]')",
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -267,28 +268,41 @@ def utilization(
     mode: str,
 ) -> dict[str, float]:
     """Fill each measured row's TFLOP/s and MFU; return the measured matmul rates used."""
-    from perfkit.bench.utilization import matmul_tflops, peak_tflops, step_flops
+    from perfkit.bench.utilization import (
+        effective_precisions,
+        ideal_seconds,
+        matmul_tflops,
+        peak_tflops,
+        step_flops_by_kind,
+    )
     from perfkit.bench.variants import eager_network, precision_of
 
-    counted: dict[int, int | None] = {}
+    def measured_rate(precision: str) -> float:
+        if (device.type, precision) not in _MATMUL_RATES:
+            _MATMUL_RATES[device.type, precision] = matmul_tflops(device, precision)
+        return _MATMUL_RATES[device.type, precision]
+
+    counted: dict[int, dict[str, int] | None] = {}
     for variant, row in rows.items():
         if not row.ok or row.latency_ms_median is None:
             continue
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
         network = eager_network(variants[variant])
         if id(network) not in counted:
-            counted[id(network)] = step_flops(network, tuple(t.to(device) for t in inputs), mode)
-        flops = counted[id(network)]
-        if not flops:
+            counted[id(network)] = step_flops_by_kind(network, tuple(t.to(device) for t in inputs), mode)
+        by_kind = counted[id(network)]
+        if not by_kind or not sum(by_kind.values()):
             continue
-        row.precision = precision_of(variant)
-        row.tflops = flops / (row.latency_ms_median / 1e3) / 1e12
-        peak = peak_tflops(name, row.precision) if name else None
-        row.mfu = row.tflops / peak if peak else None
-        key = (device.type, row.precision)
-        if key not in _MATMUL_RATES:
-            _MATMUL_RATES[key] = matmul_tflops(device, row.precision)
-        row.mfu_measured = row.tflops / _MATMUL_RATES[key]
+        seconds = row.latency_ms_median / 1e3
+        gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        precisions = effective_precisions(precision_of(variant), device)
+        row.precision = precisions[max(by_kind, key=lambda kind: by_kind[kind])]  # most of the FLOPs
+        row.tflops = sum(by_kind.values()) / seconds / 1e12
+        at_peak = (
+            ideal_seconds(by_kind, precisions, functools.partial(peak_tflops, gpu_name)) if gpu_name else None
+        )
+        row.mfu = at_peak / seconds if at_peak else None
+        at_measured = ideal_seconds(by_kind, precisions, measured_rate)
+        row.mfu_measured = at_measured / seconds if at_measured else None
     return {f"{device.type}/{p}": rate for (kind, p), rate in _MATMUL_RATES.items() if kind == device.type}
 
 

@@ -41,10 +41,12 @@ class Row:
     speedup_ci_high: float | None = None
     speedup_p10: float | None = None
     speedup_p90: float | None = None
-    precision: str | None = None  # what the matmuls run in: bf16, tf32, fp32
+    precision: str | None = None  # what most of the step's FLOPs run in: bf16, tf32, fp32
     tflops: float | None = None  # model FLOPs per step / median latency
-    mfu: float | None = None  # tflops / the datasheet's dense peak for that precision (known GPUs)
-    mfu_measured: float | None = None  # tflops / this machine's measured large-matmul rate
+    # the step's FLOPs at the datasheet's dense peak of the precision each runs in (known GPUs), over
+    # the median latency
+    mfu: float | None = None
+    mfu_measured: float | None = None  # the same against this machine's measured large-matmul rates
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -216,10 +218,12 @@ class BenchmarkReport:
         rates = self.config.get("matmul_tflops")
         if rates:
             lines += [
-                "MFU: model FLOPs per step (torch.utils.flop_counter) / latency / the datasheet's dense peak for "
-                "the row's precision; in brackets, against this machine's measured large-matmul rate ("
+                "MFU: the time the model FLOPs of a step (torch.utils.flop_counter) take at the datasheet's dense "
+                "peak, over the step's latency; in brackets, at this machine's measured large-matmul rate ("
                 + ", ".join(f"{key}: {value:.1f} TFLOP/s" for key, value in rates.items())
-                + ").",
+                + "). Each FLOP counts at the peak of the precision it runs in: on CUDA, a float32 row's "
+                "convolutions run in TF32 (cuDNN's default, `torch.backends.cudnn.allow_tf32`), so the "
+                "precision shown is that of most of its FLOPs.",
                 "",
             ]
         from perfkit.bench.variants import DESCRIPTIONS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import warnings
 from dataclasses import dataclass
@@ -179,6 +180,20 @@ def _measure_device(
                 row.notes += prepared.notes.get(row.variant, [])
             report.rows += rows
             report.save(output_dir, plots=False)
+            forget_compiled_graphs(device)
+
+
+def forget_compiled_graphs(device: torch.device) -> None:
+    """Start the next cell from a fresh compiler state. ``torch._dynamo.reset()`` drops the compiled
+    code and with it the CUDA-graph memory pools captured in it (reduce-overhead, max-autotune), which
+    otherwise stay allocated into every later cell: on an H100, ResNet-50's pools left ViT-B/16 out of
+    memory. perfkit.bench owns its process, so no user's compiled code is dropped with them."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepared:

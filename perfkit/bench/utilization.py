@@ -32,6 +32,19 @@ _DTYPES = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32}
 def step_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], mode: str) -> int | None:
     """FLOPs of one inference pass or one training step (forward and backward) of ``model``; None
     when the counter can't run it."""
+    by_kind = step_flops_by_kind(model, inputs, mode)
+    return None if by_kind is None else sum(by_kind.values())
+
+
+# convolutions obey their own TF32 switch on CUDA (torch.backends.cudnn.allow_tf32), other FLOPs
+# (matmuls) the float32 matmul precision
+_CONVOLUTIONS = ("convolution", "_convolution", "convolution_backward", "cudnn_convolution")
+
+
+def step_flops_by_kind(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], mode: str
+) -> dict[str, int] | None:
+    """:func:`step_flops` split into ``conv`` (convolutions) and ``matmul`` (everything else)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -46,7 +59,39 @@ def step_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...], mode: str) ->
                 model.zero_grad(set_to_none=True)
     except Exception:
         return None
-    return int(counter.get_total_flops())
+    by_kind = {"conv": 0, "matmul": 0}
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        by_kind["conv" if str(op).split(".")[-1] in _CONVOLUTIONS else "matmul"] += int(flops)
+    return by_kind
+
+
+def effective_precisions(precision: str, device: torch.device) -> dict[str, str]:
+    """The arithmetic each kind of FLOP of a ``precision`` row runs in on ``device``. A float32 row on
+    CUDA runs its convolutions in TF32 while ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's
+    default) and its matmuls in TF32 while the float32 matmul precision is below "highest" (the
+    default is "highest"), so its MFU is against the TF32 peak for that part."""
+    if precision != "fp32" or device.type != "cuda":
+        return {"conv": precision, "matmul": precision}
+    with float32_matmul(precision):
+        conv = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        matmul = "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return {"conv": conv, "matmul": matmul}
+
+
+def ideal_seconds(
+    flops_by_kind: dict[str, int], precisions: dict[str, str], tflops_of: Callable[[str], float | None]
+) -> float | None:
+    """The time a step's FLOPs take at the reference rate of the precision each kind runs in: MFU is
+    this over the step's measured time. None when a rate is unknown."""
+    seconds = 0.0
+    for kind, flops in flops_by_kind.items():
+        if not flops:
+            continue
+        rate = tflops_of(precisions[kind])
+        if not rate:
+            return None
+        seconds += flops / (rate * 1e12)
+    return seconds
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
