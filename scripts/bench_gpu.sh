@@ -18,7 +18,8 @@ tests: runs the gpu-marked tests ('pytest -m gpu ARG ...') and keeps their outpu
 On a machine whose Python lacks perfkit's dependencies, wheels in .whl/ (scripts/device_wheels.sh .whl
 makes them) are installed first, into /tmp/site.
 gpu is the GPU-sized preset: ResNet-50 and ViT-B/16 at 224x224, batch 256, with MFU and a
-  hand-written PyTorch anchor row (about 10 minutes on one H100).
+  hand-written PyTorch anchor row. Not yet timed whole on one H100; ResNet-50 training with 7
+  variants and 6 rounds took about 3 minutes. Cut it with bench.variants, bench.modes or bench.models.
 Examples: scripts/bench_gpu.sh gpu
           scripts/bench_gpu.sh full bench.models=[resnet18,vit]
           scripts/bench_gpu.sh parity --jobs default --rounds 10
