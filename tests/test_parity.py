@@ -42,3 +42,30 @@ def test_one_round_reports_every_variant(tmp_path: Path) -> None:
         assert low <= high
     for name in parity.VARIANTS:
         assert 0 <= summary[name]["test_acc"] <= 1 and summary[name]["samples_per_s"] > 0
+
+
+def test_a_perfkit_variant_that_fails_is_left_out_and_named(tmp_path: Path) -> None:
+    """On CUDA the parity run adds perfkit with CUDA graphs; if such a variant fails, the rest is
+    still measured and the report says why it is missing."""
+    quick = ["debug=fast", "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
+    result = parity.run_job(
+        "digits_mlp",
+        torch.device("cpu"),
+        rounds=2,
+        extra=quick,
+        workdir=tmp_path,
+        perfkit_variants={
+            "perfkit_no_fused": ["optimizer.fused=false"],
+            "perfkit_diverges": ["optimizer.lr=1e12"],  # fails in training
+            "perfkit_typo": ["optimizer.lrr=1"],  # fails in composing its config
+        },
+    )
+    assert set(result.runs) == {*parity.VARIANTS, "perfkit_no_fused"}
+    assert result.failed["perfkit_diverges"].startswith("DivergedError: training diverged")
+    assert "lrr" in result.failed["perfkit_typo"]
+    summary = parity.summarise(result)
+    assert summary["perfkit_no_fused"]["vs_plain"]["ratio"] > 0
+    assert summary["failed"] == result.failed
+    notes = "\n".join(parity._variant_notes([summary]))
+    assert "perfkit with `optimizer.fused=false`" in notes
+    assert "perfkit with `optimizer.lr=1e12` failed: DivergedError" in notes
