@@ -299,8 +299,9 @@ def run_job(
 
 
 def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    from perfkit.bench.core import first_line
+
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def _as_a_user_script(loop: Callable[..., RunResult], *args: Any, **kwargs: Any) -> RunResult:

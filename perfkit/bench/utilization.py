@@ -72,9 +72,10 @@ def effective_precisions(precision: str, device: torch.device) -> dict[str, str]
     default is "highest"), so its MFU is against the TF32 peak for that part."""
     if precision != "fp32" or device.type != "cuda":
         return {"conv": precision, "matmul": precision}
-    with float32_matmul(precision):
-        conv = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
-        matmul = "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    # the float32 rows' steps run under the process's own switches (float32_matmul changes them only
+    # for tf32 rows)
+    conv = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    matmul = "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return {"conv": conv, "matmul": matmul}
 
 
