@@ -36,8 +36,8 @@ test: install ## run the fast test suite with coverage (the default; < 5 min on 
 test-floor: ## the fast suite on the oldest supported torch (FLOOR_TORCH), in $(FLOOR_VENV)
 	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
 	@$(FLOOR_VENV)/bin/python -c "import torch, torchvision, sys; sys.exit(not torch.__version__.startswith('$(FLOOR_TORCH)'))" 2>/dev/null \
-		|| $(FLOOR_VENV)/bin/pip install -q torch==$(FLOOR_TORCH) torchvision==$(FLOOR_TORCHVISION)
-	$(FLOOR_VENV)/bin/pip install -q -e ".[dev]"
+		|| $(FLOOR_VENV)/bin/pip install -qq torch==$(FLOOR_TORCH) torchvision==$(FLOOR_TORCHVISION)
+	$(FLOOR_VENV)/bin/pip install -qq -e ".[dev]"
 	$(FLOOR_VENV)/bin/pytest --no-cov -q $(ARGS)
 
 test-all: install ## also run the slow and multi-process tests

@@ -95,7 +95,7 @@ def run_task(
         *user_errors,
     )
     try:
-        return task(cfg)
+        return _in_launching_process(task, cfg, bad_input)
     except bad_input as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -126,12 +126,40 @@ def run_task(
         raise
 
 
+def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exception], ...]) -> Any:
+    """``task(cfg)``; a ``ddp_spawn`` worker's failure is raised here as what the worker raised, so
+    that it is reported as it would be without spawn (torch passes on only the worker's traceback)."""
+    from perfkit.callbacks import DivergedError
+    from perfkit.distributed import spawned_worker_error
+
+    try:
+        return task(cfg)
+    except Exception as error:
+        worker_error = spawned_worker_error(error)
+        if worker_error is None:
+            raise
+        if worker_error.error_type in {kind.__name__ for kind in bad_input}:
+            raise ConfigError(worker_error.message) from None
+        if worker_error.error_type == DivergedError.__name__:
+            raise DivergedError(worker_error.message) from None
+        raise worker_error from None
+
+
 def _report_failure(program: str, error: Exception) -> bool:
     """Say which rank failed (or died first); True when the sweep goes on without this job."""
-    from perfkit.distributed import dead_ranks, rank_description
+    from perfkit.distributed import WorkerError, dead_ranks, rank_description
     from perfkit.run import is_launching_process
     from perfkit.sweep import in_sweep, record_failure
 
+    if isinstance(error, WorkerError):  # a ddp_spawn worker: its own traceback, then one line
+        if error.traceback:
+            print(error.traceback, file=sys.stderr)
+        what = f"failed: {error_line(error)}" if error.error_type else error.message
+        print(f"{program}: {error.rank} {what}", file=sys.stderr)
+        if in_sweep():
+            record_failure(f"{error.rank} {what}")
+            return True
+        sys.exit(1)
     rank = rank_description()
     # only a lost connection points elsewhere: rank 0's own error must not be blamed on the ranks it
     # took down with it

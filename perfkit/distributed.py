@@ -126,7 +126,6 @@ def dead_ranks(wait_s: float = 10.0) -> list[str]:
     which names the wrong process; the launching process can see which child exited. Children get up
     to ``wait_s`` seconds to finish dying.
     """
-    import signal
     import time
 
     trainer: Any = _job.get("trainer")
@@ -142,11 +141,50 @@ def dead_ranks(wait_s: float = 10.0) -> list[str]:
         code = process.poll()
         if code is None or code == 0:
             continue
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        if code == -signal.SIGKILL:
-            how += ", e.g. by the out-of-memory killer"
-        dead.append(f"rank {first_rank + local_rank} of {trainer.world_size} ({how})")
+        dead.append(f"rank {first_rank + local_rank} of {trainer.world_size} ({exit_description(code)})")
     return dead
+
+
+def exit_description(code: int) -> str:
+    """How a process ended, from its exit status (negative: the signal that killed it)."""
+    import signal
+
+    if code >= 0:
+        return f"exit status {code}"
+    how = f"killed by {signal.Signals(-code).name}"
+    return how + (", e.g. by the out-of-memory killer" if code == -signal.SIGKILL else "")
+
+
+class WorkerError(RuntimeError):
+    """A ``ddp_spawn`` worker failed. The launching process only gets the text of the worker's
+    traceback, so the original exception is rebuilt from it: ``error_type`` and ``message`` from its
+    last line, ``traceback`` the worker's own (empty when the process died without a Python error)."""
+
+    def __init__(self, rank: str, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{error_type}: {message}" if error_type else message)
+        self.rank, self.error_type, self.message, self.traceback = rank, error_type, message, traceback
+
+
+def spawned_worker_error(error: BaseException) -> WorkerError | None:
+    """torch's ``ProcessRaisedException``/``ProcessExitedException`` (what ``ddp_spawn`` raises in the
+    launching process when a worker fails) as a :class:`WorkerError`; None for any other error."""
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    if not isinstance(error, ProcessRaisedException | ProcessExitedException):
+        return None
+    trainer: Any = _job.get("trainer")
+    first_rank = trainer.node_rank * trainer.num_devices if trainer is not None else 0
+    world_size = f" of {trainer.world_size}" if trainer is not None else ""
+    rank = f"rank {first_rank + error.error_index}{world_size}"
+    if isinstance(error, ProcessExitedException):
+        return WorkerError(rank, "", f"died ({exit_description(error.exit_code)})")
+    worker_traceback = str(error).split("terminated with the following error:", 1)[-1].strip("\n")
+    lines = worker_traceback.rstrip().splitlines()
+    # the exception's own lines follow the last frame of the traceback (frame lines are indented)
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=-1)
+    raised = " ".join(" ".join(lines[last_frame + 1 :]).split())
+    name, _, message = raised.partition(": ")
+    return WorkerError(rank, name.rsplit(".", 1)[-1], message, worker_traceback)
 
 
 # Under ddp_spawn, fit runs in child processes and only ``trainer.callback_metrics`` travels back to

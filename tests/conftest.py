@@ -140,6 +140,13 @@ def run_cli(
     return completed.returncode, completed.stdout, completed.stderr
 
 
+def run_failure(err: str, lines: int = 60) -> str:
+    """An assertion message for a failed :func:`run_cli`: stderr's last line first (pytest's summary
+    shows only the first), then its last ``lines`` lines."""
+    tail = err.strip().splitlines()[-lines:] or ["(no stderr)"]
+    return "\n".join([tail[-1], "--- the end of stderr:", *tail])
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (for a DDP master or a TensorBoard server)."""
     import socket

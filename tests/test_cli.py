@@ -90,3 +90,78 @@ def test_only_a_lost_connection_is_blamed_on_another_rank(error: Exception, lost
     from perfkit.cli import _lost_contact
 
     assert _lost_contact(error) is lost
+
+
+def _worker_traceback(error: Exception) -> str:
+    """The text torch's spawn wrapper sends home when a worker raises ``error``."""
+    import traceback
+
+    try:
+        try:
+            raise KeyError("the first error")
+        except KeyError as first:
+            raise error from first
+    except Exception:
+        return traceback.format_exc()
+
+
+def _spawned(error: Exception, index: int = 1) -> Exception:
+    from torch.multiprocessing import ProcessRaisedException
+
+    message = f"\n\n-- Process {index} terminated with the following error:\n" + _worker_traceback(error)
+    return ProcessRaisedException(message, index, 4242)
+
+
+@pytest.fixture
+def no_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No trainer remembered by an earlier in-process run: ranks are named without a world size."""
+    monkeypatch.setattr("perfkit.distributed._job", {})
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+
+
+@pytest.mark.usefixtures("no_trainer")
+@pytest.mark.parametrize(
+    ("worker_error", "status", "line"),
+    [
+        (
+            RuntimeError("injected failure\non two lines"),
+            1,
+            "prog: rank 1 failed: RuntimeError: injected failure on two lines",
+        ),
+        (ConfigError("monitor=val/acc2 is not logged"), 2, "prog: error: monitor=val/acc2 is not logged"),
+    ],
+)
+def test_a_spawned_workers_error_is_reported_as_the_worker_raised_it(
+    worker_error: Exception, status: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under ddp_spawn torch passes on only the worker's traceback text: the last exception in it decides."""
+    with pytest.raises(SystemExit) as exit_:
+        run_task(CFG, "prog", _fails_with(_spawned(worker_error)))
+    assert exit_.value.code == status
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == line
+    if status == 1:  # a bug in the user's code: the worker's own traceback comes first
+        assert "the first error" in err and "in _worker_traceback" in err
+
+
+@pytest.mark.usefixtures("no_trainer")
+def test_a_spawned_worker_that_diverged_is_the_divergence_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from perfkit.callbacks import DivergedError
+
+    with pytest.raises(SystemExit) as exit_:
+        run_task(CFG, "prog", _fails_with(_spawned(DivergedError("train/loss is nan at step 3"))))
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == "prog: error: train/loss is nan at step 3"
+
+
+@pytest.mark.usefixtures("no_trainer")
+def test_a_killed_spawned_worker_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.multiprocessing import ProcessExitedException
+
+    killed = ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 4242, -9, "SIGKILL")
+    with pytest.raises(SystemExit) as exit_:
+        run_task(CFG, "prog", _fails_with(killed))
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "prog: rank 1 died (killed by SIGKILL, e.g. by the out-of-memory killer)"
+    )

@@ -17,7 +17,7 @@ import torch
 
 from perfkit.config import ConfigError
 from perfkit.distributed import check_shared_run_dir, port_in_use
-from tests.conftest import FAST, free_port, run_cli
+from tests.conftest import FAST, free_port, run_cli, run_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
@@ -186,7 +186,7 @@ def test_a_killed_run_resumes_and_ends_with_the_same_steps(tmp_path: Path) -> No
     assert code == 2 and "interrupted run; continue it with resume=auto" in err
 
     code, _, err = run_cli(*args, "resume=auto", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = _metrics(run_dir)
     assert metrics["optimizer_steps"] == 60 and metrics["epochs"] == 3
     assert metrics["resumed_from"] == "checkpoints/last.ckpt"
@@ -214,11 +214,11 @@ def test_ddp_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
         "logger=csv",  # the epoch's training loss and accuracy
     ]
     code, _, err = run_cli(*common, "devices=1", "data.batch_size=32", "hydra.run.dir=single", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     code, _, err = run_cli(
         *common, "strategy=ddp", "devices=2", "data.batch_size=16", "hydra.run.dir=ddp", cwd=tmp_path
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
 
     def weights(run: str) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(
@@ -283,13 +283,41 @@ def test_ddp_spawn_on_cpu(tmp_path: Path) -> None:
     code, _, err = run_cli(
         *FAST, "strategy=ddp_spawn", "devices=2", "logger=none", "hydra.run.dir=run", cwd=tmp_path
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = _metrics(tmp_path / "run")
     assert metrics["world_size"] == 2 and metrics["strategy"] == "DDPStrategy"
     # fit ran in spawned workers: their measurements and progress must still reach metrics.json
     assert metrics["train_samples_per_epoch"] == [2 * 5 * 64]
     assert (metrics["epochs"], metrics["optimizer_steps"]) == (1, 5)
     assert metrics["process_group_backend"] == "gloo"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("how", "line"),
+    [
+        ("raise", "rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 2"),
+        ("kill", "rank 1 of 2 died (killed by SIGKILL, e.g. by the out-of-memory killer)"),
+    ],
+)
+def test_a_failing_spawned_worker_is_named(tmp_path: Path, how: str, line: str) -> None:
+    """Under ddp_spawn the launching process is no rank: it names the worker that failed, not itself."""
+    code, _, err = run_cli(
+        *FAST,
+        "strategy=ddp_spawn",
+        "devices=2",
+        "logger=none",
+        "hydra.run.dir=run",
+        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
+        "+callbacks.fail.rank=1",
+        f"+callbacks.fail.how={how}",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1] == f"perfkit.train: {line}"
+    assert "ProcessRaisedException" not in err and "rank 0 of 2 failed" not in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.distributed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli
+from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
 
 pytestmark = [
     pytest.mark.gpu,
@@ -46,7 +46,7 @@ def _cuda_cli(tmp_path: Path, *overrides: str) -> dict[str, Any]:
         "accelerator=cuda", "debug=fast", "trainer.enable_progress_bar=false", "logger=none",
         "hydra.run.dir=run", *overrides, cwd=tmp_path, timeout=600,
     )  # fmt: skip
-    assert code == 0, err[-3000:]
+    assert code == 0, run_failure(err)[-3000:]
     return json.loads((tmp_path / "run" / "metrics.json").read_text())  # type: ignore[no-any-return]
 
 

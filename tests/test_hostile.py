@@ -22,7 +22,15 @@ from torch import nn
 
 import perfkit
 from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_dir
-from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, FAST, broken_checkpoint, run_cli
+from tests.conftest import (
+    CHECKPOINT_MESSAGES,
+    CHECKPOINTS,
+    CLI,
+    FAST,
+    broken_checkpoint,
+    run_cli,
+    run_failure,
+)
 
 DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -162,7 +170,7 @@ def test_max_epochs_minus_one_is_fine_with_another_stop(cli: CLI, tmp_path: Path
     code, err = cli(
         *DIGITS, "trainer.max_epochs=-1", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'r'}"
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["optimizer_steps"] == 3
 
 
@@ -289,7 +297,7 @@ def test_an_unwritable_log_dir_is_one_line(capsys: pytest.CaptureFixture[str]) -
 def test_a_failed_run_leaves_the_previous_runs_files_untouched(cli: CLI, tmp_path: Path) -> None:
     run_dir = tmp_path / "earlier"
     code, err = cli(*DIGITS, f"hydra.run.dir={run_dir}")
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
     for args in (["optimizer.lr=-1"], ["seed=3"], ["resume=auto"]):
         code, err = cli(*DIGITS, *args, f"hydra.run.dir={run_dir}")
@@ -548,7 +556,7 @@ def test_wandb_online_without_network_falls_back_offline_quickly(
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     started = time.monotonic()
     code, err = cli(*DIGITS, "logger=wandb", "logger.wandb.offline=false", f"hydra.run.dir={tmp_path / 'r'}")
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     assert time.monotonic() - started < 60
     assert "W&B server unreachable: logging offline" in (tmp_path / "r" / "train.log").read_text()
     assert list((tmp_path / "r" / "wandb").glob("offline-run-*"))
@@ -563,7 +571,7 @@ def test_wandb_mode_empty_means_unset_and_nonsense_is_refused(
     if status:
         _one_line_error(code, err, f"WANDB_MODE={mode!r} is not valid")
     else:
-        assert code == 0, err
+        assert code == 0, run_failure(err)
 
 
 # --- a user's own LightningModule: perfkit's optimizer settings can't reach it ------------------------
@@ -576,7 +584,7 @@ def test_an_optimizer_override_a_users_module_would_ignore_is_refused(cli: CLI, 
     code, err = cli(
         own, *DIGITS, "model=user", f"hydra.run.dir={tmp_path / 'fine'}"
     )  # without the override it trains
-    assert code == 0, err
+    assert code == 0, run_failure(err)
 
 
 # --- process-level: signals, two runs at once, a rank that dies --------------------------------------
@@ -609,7 +617,7 @@ def test_sigterm_exits_143_keeps_last_checkpoint_and_resume_finishes(tmp_path: P
     assert last.exists() and not (tmp_path / "run" / "metrics.json").exists()
     assert not (tmp_path / "run" / ".perfkit-run.lock").exists()
     code, _, err = run_cli(*args, "resume=auto", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoints/last.ckpt" and metrics["epochs"] == 4
 

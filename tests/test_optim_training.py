@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelPruning
 from perfkit.models import ImageClassifier, SmallCNN
 from perfkit.optim.training import CompileForward, PruneChannels, TrainingOptimizations
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli
+from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
 
 TWO_EPOCHS = [*FAST, "logger=none", "trainer.max_epochs=2"]
 
@@ -109,7 +109,7 @@ def test_optimizations_under_ddp(tmp_path: Path, optimize: list[str]) -> None:
     code, _, err = run_cli(
         *TWO_EPOCHS, "strategy=ddp", "devices=2", *optimize, "hydra.run.dir=run", cwd=tmp_path
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test"]["acc"] > 0.1
     if "optimize.prune.amount=0.5" in optimize:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, open_dict
 from perfkit.config import ConfigError, compose_config
 from perfkit.optimize import optimize
 from perfkit.train import train
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, run_cli, run_failure
 
 FAST_TIMING = ["benchmark.rounds=3", "benchmark.warmup=1", "benchmark.batch_size=16"]
 
@@ -137,7 +137,7 @@ def test_cli_with_compile(trained_checkpoint: Path, tmp_path: Path) -> None:
         "hydra.run.dir=out",
         cwd=tmp_path,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     assert "| int8_dynamic + compile |" in out
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]
     assert abs(rows[2]["test_acc"] - rows[1]["test_acc"]) < 0.01  # compile keeps the numbers

@@ -31,7 +31,7 @@ from perfkit.profiling import (
     union,
 )
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, free_port, run_cli
+from tests.conftest import FAST, ComposeTrain, free_port, run_cli, run_failure
 
 # profile steps 2-4 of 8 (wait 1, warmup 1, active 3): the window closes before the epoch ends
 PROFILED = [*FAST, "profiler=pytorch", "profiler.schedule.skip_first=0", "trainer.limit_train_batches=8"]
@@ -682,7 +682,7 @@ def test_profile_cli_stops_once_the_schedule_is_recorded(tmp_path: Path) -> None
         cwd=tmp_path,
         module="perfkit.profile",
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # skip 5, wait 1, warmup 1, active 3: the 11th batch's start closes the window and training stops
     # before that batch runs
@@ -701,7 +701,7 @@ def test_ddp_profile_has_every_rank_and_communication(tmp_path: Path) -> None:
         cwd=tmp_path,
         extra_env={"OMP_NUM_THREADS": "1"},
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     run_dir = tmp_path / "run"
     traces = sorted(
         p.name.split(".")[0] for p in (run_dir / "tensorboard" / "profiler").glob("*.pt.trace.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from perfkit.sweep import collect_rows, write_summary
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, run_cli, run_failure
 
 
 def _job(
@@ -133,7 +133,7 @@ def test_optuna_search_runs_trials_and_summarises_them(tmp_path: Path) -> None:
         "hydra.sweep.dir=sweep",
         cwd=tmp_path,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     assert "Best value:" in out + err
     rows = collect_rows(tmp_path / "sweep")
     assert len(rows) == 2 and all(r["status"] == "done" and r["val_acc"] is not None for r in rows)
@@ -170,7 +170,7 @@ def test_submitit_sweep_writes_the_summary(tmp_path: Path) -> None:
         "hydra.sweep.dir=sweep",
         cwd=tmp_path,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     rows = collect_rows(tmp_path / "sweep")
     assert [(r["data.batch_size"], r["status"]) for r in rows] == [("32", "done"), ("64", "done")]
 

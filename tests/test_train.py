@@ -9,7 +9,7 @@ import pytest
 
 from perfkit.config import ConfigError
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli
+from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
 
 
 def test_train_writes_every_output(compose_train: ComposeTrain, tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_cli_runs_from_another_directory(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code, _, err = run_cli(*FAST, "logger=none", "hydra.run.dir=run", cwd=elsewhere)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     assert json.loads((elsewhere / "run" / "metrics.json").read_text())["world_size"] == 1
 
 
@@ -167,7 +167,7 @@ def test_every_model_learns(compose_train: ComposeTrain, model: str) -> None:
 def test_default_job_reaches_the_accuracy_target(tmp_path: Path) -> None:
     """The README's job, unchanged: real digits, >= 0.95 validation accuracy."""
     code, _, err = run_cli("hydra.run.dir=run", "trainer.enable_progress_bar=false", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val"]["acc"] >= 0.95 and metrics["test"]["acc"] >= 0.93
     assert metrics["epochs"] == 5
@@ -178,7 +178,7 @@ def test_ddp_on_cpu_from_the_command_line(tmp_path: Path) -> None:
     code, _, err = run_cli(
         *FAST, "strategy=ddp", "devices=2", "logger=none", "hydra.run.dir=run", cwd=tmp_path
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["strategy"] == "DDPStrategy"
     assert metrics["train_samples_per_epoch"] == [2 * 5 * 64]  # both ranks counted

@@ -13,7 +13,7 @@ import perfkit
 from perfkit.config import ConfigError, compose_config
 from perfkit.tune import Budget, Candidate, Outcome, TuneResult, decide, pick, run_within_budget
 from perfkit.tune.report import train_command, tuned_overlay, write_outputs
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, run_failure
 
 
 def _outcome(speedup: float, low: float, high: float, *, numerics: bool = False, accuracy: float | None = None,
@@ -313,17 +313,17 @@ def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path:
         module="perfkit.tune",
         cwd=tmp_path,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     tuned = json.loads((tmp_path / "tune" / "tune.json").read_text())
     for outcome in tuned["candidates"]:  # a larger batch is judged by time to accuracy, with its lr
         if outcome["axis"] == "batch_size" and outcome["speedup"] is not None:
             assert outcome["time_to_accuracy_s"] is not None and "optimizer.lr" in outcome["settings"]
     code, _, err = run_cli(*common, "hydra.run.dir=default", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     printed = shlex.split(train_command(tmp_path / "tune"))
     assert printed[:3] == ["python", "-m", "perfkit.train"]
     code, _, err = run_cli(*printed[3:], *common, "hydra.run.dir=tuned", cwd=tmp_path)
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     default = json.loads((tmp_path / "default" / "metrics.json").read_text())
     with_tuning = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
     drop_points = 100 * (default["test"]["acc"] - with_tuning["test"]["acc"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CLI
+from tests.conftest import CLI, run_failure
 
 PROJECT = Path(__file__).parent / "user_project"
 QUICK = ("debug=fast", "logger=none", "trainer.enable_progress_bar=false", "accelerator=cpu")
@@ -35,7 +35,7 @@ def test_targets_named_on_the_command_line_get_only_their_own_parameters(cli: CL
         "monitor=val/accuracy",
         *QUICK,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics, config = _run_files(tmp_path / "cli")
     assert config["data"] == {"_target_": "userpkg.DigitsData", "batch_size": 64}
     assert config["model"] == {"_target_": "userpkg.DigitsNet", "hidden": 16}
@@ -84,7 +84,7 @@ def test_own_config_dir_composes_with_a_tuned_overlay(cli: CLI, tmp_path: Path) 
         "monitor_mode=max",
         *QUICK,
     )
-    assert code == 0, err
+    assert code == 0, run_failure(err)
     metrics, config = _run_files(tmp_path / "cli")
     assert config["model"] == {"_target_": "userpkg.DigitsNet", "hidden": 32}
     assert config["data"]["batch_size"] == 16  # the overlay's, over the user's own file's 32
