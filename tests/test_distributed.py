@@ -252,23 +252,28 @@ def _epoch_training_metrics(run_dir: Path) -> dict[str, float]:
     return {key: float(row[key]) for key in ("train/acc", "train/loss_epoch")}
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize(("how", "cause"), [("raise", "exit status 1"), ("kill", "killed by SIGKILL")])
-def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path, how: str, cause: str) -> None:
-    """The rank that died is named, by itself if it can and by rank 0, which only lost its connection."""
-    started = time.monotonic()
-    code, _, err = run_cli(
+def _run_with_rank_1_failing(strategy: str, how: str, cwd: Path) -> tuple[int, str, str]:
+    """A 2-rank CPU job whose rank 1 raises (``how=raise``) or is SIGKILLed (``kill``) at step 2."""
+    return run_cli(
         *FAST,
-        "strategy=ddp",
+        f"strategy={strategy}",
         "devices=2",
         "logger=none",
         "hydra.run.dir=run",
         "+callbacks.fail._target_=tests.toy_models.FailOnRank",
         "+callbacks.fail.rank=1",
         f"+callbacks.fail.how={how}",
-        cwd=tmp_path,
+        cwd=cwd,
         timeout=180,
     )
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("how", "cause"), [("raise", "exit status 1"), ("kill", "killed by SIGKILL")])
+def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path, how: str, cause: str) -> None:
+    """The rank that died is named, by itself if it can and by rank 0, which only lost its connection."""
+    started = time.monotonic()
+    code, _, err = _run_with_rank_1_failing("ddp", how, tmp_path)
     assert code == 1
     assert time.monotonic() - started < 120
     if how == "raise":
@@ -302,18 +307,7 @@ def test_ddp_spawn_on_cpu(tmp_path: Path) -> None:
 )
 def test_a_failing_spawned_worker_is_named(tmp_path: Path, how: str, line: str) -> None:
     """Under ddp_spawn the launching process is no rank: it names the worker that failed, not itself."""
-    code, _, err = run_cli(
-        *FAST,
-        "strategy=ddp_spawn",
-        "devices=2",
-        "logger=none",
-        "hydra.run.dir=run",
-        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
-        "+callbacks.fail.rank=1",
-        f"+callbacks.fail.how={how}",
-        cwd=tmp_path,
-        timeout=180,
-    )
+    code, _, err = _run_with_rank_1_failing("ddp_spawn", how, tmp_path)
     assert code == 1
     assert err.strip().splitlines()[-1] == f"perfkit.train: {line}"
     assert "ProcessRaisedException" not in err and "rank 0 of 2 failed" not in err
