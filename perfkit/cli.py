@@ -138,11 +138,12 @@ def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exc
         worker_error = spawned_worker_error(error)
         if worker_error is None:
             raise
+        # chained to torch's exception: HYDRA_FULL_ERROR=1 still shows the worker's traceback
         if worker_error.error_type in {kind.__name__ for kind in bad_input}:
-            raise ConfigError(worker_error.message) from None
+            raise ConfigError(worker_error.message) from error
         if worker_error.error_type == DivergedError.__name__:
-            raise DivergedError(worker_error.message) from None
-        raise worker_error from None
+            raise DivergedError(worker_error.message) from error
+        raise worker_error from error
 
 
 def _report_failure(program: str, error: Exception) -> bool:
