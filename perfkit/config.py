@@ -473,7 +473,9 @@ def _check_cpu_ranks(cfg: DictConfig, devices: Any, num_nodes: int, strategy: st
 
     accelerator = cfg.get("accelerator")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if not on_cpu or not strategy.startswith("ddp") or cfg.get("allow_oversubscription"):
+    # Lightning's auto strategy is DDP as soon as there are several devices
+    several_processes = strategy.startswith("ddp") or strategy == "auto"
+    if not on_cpu or not several_processes or cfg.get("allow_oversubscription"):
         return
     if isinstance(devices, list):
         ranks = len(devices)

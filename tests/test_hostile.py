@@ -68,6 +68,8 @@ CONFIG_MISTAKES: list[Any] = [
         ["strategy=ddp", "devices=1000"], ["1000 CPU processes", "allow_oversubscription"], id="ddp-ranks"
     ),
     pytest.param(["strategy=ddp_spawn", "devices=64"], ["64 CPU processes"], id="ddp-spawn-ranks"),
+    # strategy=auto (the default) is DDP too once devices > 1
+    pytest.param(["devices=99"], ["99 CPU processes"], id="auto-strategy-ranks"),
     pytest.param(
         ["strategy=ddp", f"devices=[{','.join(map(str, range(2 * _CORES + 1)))}]"],
         ["CPU processes"],
