@@ -71,3 +71,34 @@ def _comparable(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         clean = name.replace("_orig_mod.", "").removesuffix("_orig")
         shapes[clean] = tuple(getattr(value, "shape", ()))
     return shapes
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def holds_objects(*modules: Any) -> list[str]:
+    """The hyper-parameters of ``modules`` (LightningModule, DataModule) that torch's
+    ``weights_only=True`` loading refuses: modules, partials, classes (``save_hyperparameters()`` on a
+    module that takes ``net: nn.Module`` stores the network object in every checkpoint)."""
+    found = []
+    for module in modules:
+        hparams = getattr(module, "hparams", None) or {}
+        found += [str(name) for name, value in dict(hparams).items() if not _plain_value(value)]
+    return found
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain_value(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _plain_value(item) for key, item in value.items())
+    return False
+
+
+def weights_only_for(*modules: Any) -> bool | None:
+    """What to pass Lightning as ``weights_only`` when it restores a checkpoint of ``modules``: None
+    (torch's safe default) unless their hyper-parameters hold objects, then False (the run wrote or
+    was pointed at that checkpoint; it is loaded as Lightning's own ``load_from_checkpoint`` would)."""
+    return False if holds_objects(*modules) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
+import logging
 import os
 import re
 import sys
@@ -26,13 +27,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from perfkit.errors import ConfigError
 from perfkit.schemas import NODES
 from perfkit.schemas import register as register_schemas
+from perfkit.targets import HYDRA_KEYS as _HYDRA_KEYS
+from perfkit.targets import LINKED, fit_defaults, own_option, required
+from perfkit.targets import is_instantiable as _is_instantiable
+from perfkit.targets import locate as _locate
+from perfkit.targets import signature as _signature
 
 T = typing.TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "check_config", "compose_config", "config_dir", "error_line", "fit_to_targets"]
 
-# keys Hydra's instantiate consumes itself
-_HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 _DEVICES_HELP = (
     "use a positive count (devices=2), -1 or 'auto' for all available, or a list of indices (devices=[0,1])"
 )
@@ -54,14 +59,23 @@ def compose_config(name: str, overrides: list[str], *, with_hydra: bool = False)
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(name, overrides=overrides, return_hydra_config=with_hydra)
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose(name, overrides=overrides, return_hydra_config=with_hydra)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    # fitted here, where the group choices are known (train() fits again only inside a Hydra app)
+    for line in fit_to_targets(cfg, choices=dict(cfg.hydra.runtime.choices), overrides=overrides):
+        log.info(line)
+    if not with_hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first problem found in a composed config."""
     check_required(cfg)
+    check_resolves(cfg)
     _check_run_options(cfg)
     for key, node in _instantiable_nodes(cfg, ""):
         check_node(node, key)
@@ -71,57 +85,55 @@ def check_config(cfg: DictConfig) -> None:
     _check_optimizer(cfg.get("optimizer"))
 
 
-def fit_to_targets(cfg: DictConfig) -> dict[str, list[str]]:
-    """Leave out the shared keys perfkit's configs give ``data`` and ``model`` (loader settings,
-    ``optimizer``, ``net``, ...) where the class named by ``_target_`` does not take them.
+def fit_to_targets(
+    cfg: DictConfig, *, choices: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> list[str]:
+    """Fit perfkit's ``data``/``model`` defaults to the classes the config names
+    (:func:`perfkit.targets.fit_defaults`), so ``data._target_=mypkg.MyDataModule
+    model._target_=mypkg.MyLitModule`` builds them from their own parameters and defaults. A key set on
+    the command line is kept (so :func:`check_config` still names a typo). When the model takes no
+    ``optimizer``/``scheduler``, those groups are set to null: the model builds its own.
 
-    So ``data._target_=mypkg.MyDataModule model._target_=mypkg.MyLitModule`` builds a plain
-    LightningDataModule/LightningModule from its own parameters. A key set on the command line is
-    kept, so that :func:`check_config` still names a typo. Returns the keys left out, per group.
+    ``choices``/``overrides``: the group options and command line (Hydra's, inside a command).
+    Returns one line per fitted node, for the run log.
     """
-    named = _command_line_keys()
-    left_out: dict[str, list[str]] = {}
+    choices, overrides = _hydra_choices(choices, overrides)
+    named = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    groups_named = {key.split("/", 1)[0] for key in named if "." not in key}
+    lines: list[str] = []
     for group in ("data", "model"):
         node = cfg.get(group)
         if not _is_instantiable(node):
             continue
-        try:
-            parameters, _ = _signature(_locate(str(node._target_)))
-        except ImportError:
-            continue  # check_node names the import problem
-        if parameters is None or "**kwargs" in parameters:
-            continue
-        shared = _shared_keys(group)
-        unused = [
-            name
-            for name in map(str, node)
-            if name in shared and name not in parameters and f"{group}.{name}" not in named
-        ]
-        if unused:
-            with open_dict(node):
-                for name in unused:
-                    del node[name]
-            left_out[group] = unused
-    return left_out
+        own = own_option(config_dir(), group, choices.get(group))
+        fitted = fit_defaults(node, own, group, named=named, groups_named=groups_named)
+        lines += [entry.line() for entry in fitted]
+    model = cfg.get("model")
+    if isinstance(model, DictConfig):
+        unused = [g for g in ("optimizer", "scheduler") if cfg.get(g) is not None and g not in model]
+        if unused and not (set(unused) & groups_named):  # a chosen one is refused by check_config
+            with open_dict(cfg):
+                for group in unused:
+                    cfg[group] = None
+            lines.append(
+                f"model: {model.get('_target_')} builds its own optimizer in configure_optimizers: "
+                f"perfkit's {' and '.join(unused)} group(s) are not used (null in config.yaml)"
+            )
+    return lines
 
 
-def _shared_keys(group: str) -> frozenset[str]:
-    """Every key one of perfkit's own ``group`` configs sets (``_target_`` aside)."""
-    keys: set[str] = set()
-    for path in (config_dir() / group).rglob("*.yaml"):
-        node = OmegaConf.load(path)
-        if isinstance(node, DictConfig):
-            keys.update(str(key) for key in node if key != "defaults")
-    return frozenset(keys - _HYDRA_KEYS)
-
-
-def _command_line_keys() -> set[str]:
-    """The dotted keys the command line set (``data.batch_size=32`` -> ``data.batch_size``)."""
+def _hydra_choices(
+    choices: dict[str, Any] | None, overrides: list[str] | None
+) -> tuple[dict[str, Any], list[str]]:
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return set()
-    return {override.split("=", 1)[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if choices is None:
+            choices = dict(hydra_cfg.runtime.choices)
+        if overrides is None:
+            overrides = list(hydra_cfg.overrides.task)
+    return choices or {}, overrides or []
 
 
 def typed_node(cfg: DictConfig, key: str) -> Any:
@@ -191,6 +203,35 @@ def check_required(cfg: DictConfig) -> None:
         )
 
 
+def check_resolves(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first ``${...}`` that does not resolve, naming its key."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    for name in map(str, cfg):
+        if name == "hydra":
+            continue
+        try:
+            OmegaConf.to_container(cfg._get_node(name), resolve=True)
+        except InterpolationResolutionError as error:
+            key = getattr(error, "full_key", None) or name
+            raw = _raw_value(cfg, key)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            paths = cfg.get("paths")
+            known = f"; paths has: {', '.join(map(str, paths))}" if isinstance(paths, DictConfig) else ""
+            raise ConfigError(f"{key}={raw} does not resolve: {reason}{known}") from None
+        except Exception:
+            continue  # not this check's business (a resolver only a running Hydra app has, ...)
+
+
+def _raw_value(cfg: DictConfig, key: str) -> str:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return "?"
+        node = node._get_node(part)
+    return str(node._value()) if hasattr(node, "_value") else "?"
+
+
 def check_node(node: DictConfig, key: str) -> None:
     """Check one ``_target_`` node's keys and value types against the target's signature."""
     target_path = node._target_
@@ -202,6 +243,19 @@ def check_node(node: DictConfig, key: str) -> None:
     if parameters is None:
         return
     accepts_any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if not node.get("_partial_", False) and "_args_" not in node:
+        missing = [
+            name for name in required(target) if name not in node and not (key == "model" and name in LINKED)
+        ]
+        if missing:
+            hint = (
+                f" (e.g. {key}.{missing[0]}._target_=..., or your own {key} config: --config-dir DIR {key}=NAME)"
+                if key in ("model", "data")
+                else ""
+            )
+            raise ConfigError(
+                f"{key}: {target_path} needs {', '.join(missing)}, which the config does not give{hint}"
+            )
     for name in node:
         name = str(name)
         if name in _HYDRA_KEYS:
@@ -226,6 +280,8 @@ def _check_type(key: str, value: Any, annotation: Any, *, entry: bool = False) -
     try:
         check_type(value, annotation)
     except TypeCheckError:
+        if isinstance(value, list) and _fits_as_tuple(value, annotation):
+            return  # YAML has no tuples: Hydra passes a list where a signature says tuple
         named = key if entry else f"{key}={value!r}"
         choices = _literal_choices(annotation)
         if choices is not None:
@@ -233,6 +289,16 @@ def _check_type(key: str, value: Any, annotation: Any, *, entry: bool = False) -
         if annotation is bool:
             raise ConfigError(f"{named} is not valid: use true or false") from None
         raise ConfigError(f"{named} is not valid: expected {_describe(annotation)}") from None
+
+
+def _fits_as_tuple(value: list[Any], annotation: Any) -> bool:
+    from typeguard import TypeCheckError, check_type
+
+    try:
+        check_type(tuple(value), annotation)
+    except TypeCheckError:
+        return False
+    return True
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
@@ -272,55 +338,6 @@ def _flatten_union(annotation: Any) -> list[Any]:
     if typing.get_origin(annotation) is Literal:
         return [Literal[value] for value in typing.get_args(annotation)]
     return [annotation]
-
-
-def _signature(target: Any) -> tuple[dict[str, inspect.Parameter] | None, dict[str, Any]]:
-    """Parameters and type hints of a callable; for a class whose ``__init__`` forwards ``**kwargs``
-    to its base (``super().__init__(**kwargs)``), the base's parameters too."""
-    functions = [target.__init__ if inspect.isclass(target) else target]
-    if inspect.isclass(target):
-        functions = [
-            cls.__dict__["__init__"]
-            for cls in target.__mro__
-            if cls is not object and "__init__" in cls.__dict__
-        ]
-    parameters: dict[str, inspect.Parameter] = {}
-    hints: dict[str, Any] = {}
-    for function in functions:
-        try:
-            own = dict(inspect.signature(function).parameters)
-        except (TypeError, ValueError):  # builtins without a signature
-            return (parameters or None), hints
-        try:
-            own_hints = typing.get_type_hints(function)
-        except Exception:  # forward references only type checkers can see: check keys, not types
-            own_hints = {}
-        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values())
-        for name, parameter in own.items():
-            if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-                continue
-            if name != "self" and name not in parameters:
-                parameters[name] = parameter
-                if name in own_hints:
-                    hints[name] = own_hints[name]
-        if not forwards:
-            return parameters, hints
-    # the chain ends in **kwargs that go nowhere we can see: any keyword is allowed
-    parameters["**kwargs"] = inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)
-    return parameters, hints
-
-
-def _locate(path: str) -> Any:
-    from hydra.utils import get_object
-
-    try:
-        return get_object(path)
-    except Exception as exc:
-        raise ImportError(str(exc).splitlines()[0]) from None
-
-
-def _is_instantiable(value: Any) -> bool:
-    return isinstance(value, DictConfig) and "_target_" in value
 
 
 def _instantiable_nodes(node: Any, prefix: str) -> Iterator[tuple[str, DictConfig]]:

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def optimize(cfg: DictConfig) -> dict[str, Any]:
-    """Apply the requested transforms stage by stage; measure accuracy, latency, size for each."""
+    """Apply the requested transforms stage by stage to the module's network; score each stage with
+    the module's own validation/test steps (its own metrics), and time, size and compare it."""
     import torch
 
+    from perfkit.network import get_network, network_path
     from perfkit.optim import reports
     from perfkit.run import RunDirectory, environment, write_json
     from perfkit.train import build
@@ -48,18 +50,24 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt_path: the weights do not fit the run's model config (a run trained with channel pruning "
             f"has a smaller architecture than its config describes): {str(error).splitlines()[0]}"
         ) from None
+    path = network_path(model)
+    log.info("transforms apply to %s", f"{type(model).__name__}.{path}" if path else type(model).__name__)
     datamodule.setup("fit")
-    stages = _transform_stages(cfg, model, datamodule, run_cfg, device)
-    rows = _measure_stages(stages, datamodule, cfg, device)
+    evaluator = Evaluator(model, path, datamodule, device, str(run_cfg.get("monitor", "")))
+    stages = _transform_stages(cfg, model, path, evaluator, run_cfg, device)
+    rows, call = _measure_stages(stages, evaluator, cfg, device)
 
-    final = stages[-1][1]
+    final = get_network(stages[-1][1], path)
     torch.save(final, output_dir / "optimized.pt")
     result = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "module": type(model).__name__,
+        "network": path,  # "" for the module itself
         "device": str(device),
-        "batch_size": cfg.benchmark.batch_size,
+        "batch_size": call.batch_size,
         "threads": cfg.benchmark.threads or torch.get_num_threads(),
         "rounds": cfg.benchmark.rounds,
+        "score": evaluator.score_description(),
         "rows": rows,
         "reports": [r.to_dict() for r in reports(final)],
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -71,6 +79,54 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     print(table)
     log.info("optimized model and comparison in %s", output_dir)
     return result
+
+
+class Evaluator:
+    """Scores a stage with the module's own ``validation_step``/``test_step`` in a Lightning Trainer,
+    and keeps the inputs of the network's first call (what the stages are timed on)."""
+
+    def __init__(self, model: Any, path: str, datamodule: Any, device: Any, monitor: str) -> None:
+        from perfkit.monitoring import missing_stage
+
+        self.model, self.path, self.datamodule, self.device = model, path, datamodule, device
+        self.monitor = monitor
+        self.skipped = {stage: missing_stage(stage, model, datamodule) for stage in ("val", "test")}
+        self.call: Any = None
+        self.original_metrics: dict[str, float] = {}
+
+    def score_description(self) -> str:
+        stages = [s for s, why in self.skipped.items() if not why]
+        if not stages:
+            reasons = "; ".join(why for why in self.skipped.values() if why)
+            return f"none: {reasons} (only output drift, speed and size are compared)"
+        return f"the module's own {' and '.join(stages)} steps; monitored {self.monitor or 'nothing'}"
+
+    def metrics(self, stage_module: Any) -> dict[str, float]:
+        """Every metric the module logs on the validation and test sets, for this stage."""
+        import lightning as L
+
+        from perfkit.network import CaptureFirstCall, get_network
+
+        capture = CaptureFirstCall(get_network(stage_module, self.path)) if self.call is None else None
+        trainer = L.Trainer(
+            accelerator=self.device.type,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+        values: dict[str, float] = {}
+        try:
+            for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+                if not self.skipped[stage]:
+                    out = run(stage_module, datamodule=self.datamodule, verbose=False)
+                    values.update({k: float(v) for k, v in (out[0] if out else {}).items()})
+        finally:
+            if capture is not None:
+                capture.remove()
+                self.call = capture.call
+        return values
 
 
 def _check_options(cfg: DictConfig) -> Any:
@@ -87,59 +143,102 @@ def _check_options(cfg: DictConfig) -> Any:
 
 
 def _transform_stages(
-    cfg: DictConfig, model: Any, datamodule: Any, run_cfg: DictConfig, device: Any
+    cfg: DictConfig, model: Any, path: str, evaluator: Evaluator, run_cfg: DictConfig, device: Any
 ) -> list[tuple[str, Any]]:
-    """(label, network) after each transform, in order: original, prune (+ fine-tune), quantize, compile."""
+    """(label, module) after each transform of its network, in order: original, prune (+ fine-tune),
+    quantize, compile. The original is scored first, which also records the network's inputs."""
+    from perfkit.network import get_network, with_network
     from perfkit.optim import compile as compile_model
     from perfkit.optim import prune, quantize
 
-    example = next(iter(datamodule.test_dataloader()))[0][:1]
-    stages: list[tuple[str, Any]] = [("original", model.net.eval())]
-    current = model.net
+    model = model.eval()
+    stages: list[tuple[str, Any]] = [("original", model)]
+    evaluator.original_metrics = evaluator.metrics(model)
+    example = _example_call(evaluator, model)
+    current = get_network(model, path)
     if cfg.prune.amount:
-        current = prune(current, amount=cfg.prune.amount, method=cfg.prune.method, example_inputs=example)
+        inputs = example.resized(2).args if cfg.prune.method == "channels" else None
+        if cfg.prune.method == "channels" and example.kwargs:
+            raise ConfigError("prune.method=channels traces the network with positional inputs only")
+        current = prune(current, amount=cfg.prune.amount, method=cfg.prune.method, example_inputs=inputs)
         label = f"prune {cfg.prune.method} {cfg.prune.amount}"
         if cfg.prune.finetune_epochs:
-            current = finetune(current, model, datamodule, run_cfg, cfg.prune.finetune_epochs, device)
+            current = finetune(current, model, path, evaluator.datamodule, cfg.prune.finetune_epochs, device)
             label += f" + fine-tune {cfg.prune.finetune_epochs} ep"
-        stages.append((label, current.eval()))
+        stages.append((label, with_network(model, path, current.eval())))
     if cfg.quantize:
         current = quantize(current, scheme=cfg.quantize, backend=cfg.quantize_backend)
-        stages.append((f"{stages[-1][0]} + {cfg.quantize}" if len(stages) > 1 else cfg.quantize, current))
+        label = f"{stages[-1][0]} + {cfg.quantize}" if len(stages) > 1 else cfg.quantize
+        stages.append((label, with_network(model, path, current)))
     if cfg.compile:
         current = compile_model(current, mode=cfg.compile_mode)
-        stages.append((f"{stages[-1][0]} + compile" if len(stages) > 1 else "compile", current.eval()))
+        label = f"{stages[-1][0]} + compile" if len(stages) > 1 else "compile"
+        stages.append((label, with_network(model, path, current.eval())))
     if len(stages) == 1:
         raise ConfigError("nothing to do: set prune.amount, quantize=int8_dynamic and/or compile=true")
     return stages
 
 
+def _example_call(evaluator: Evaluator, model: Any) -> Any:
+    """What the network was called with while the original was scored, else from the data."""
+    from perfkit.network import call_from_batch
+
+    if evaluator.call is not None:
+        return evaluator.call
+    datamodule = evaluator.datamodule
+    call = call_from_batch(model, next(iter(datamodule.train_dataloader())))
+    if call is None:
+        raise ConfigError(
+            f"perfkit.optimize needs an input for {type(model).__name__}'s network: it has no validation or "
+            "test step to watch, no example_input_array, and its batches are not (inputs, ...) tuples"
+        )
+    return call
+
+
 def _measure_stages(
-    stages: list[tuple[str, Any]], datamodule: Any, cfg: DictConfig, device: Any
-) -> list[dict[str, Any]]:
-    """One row per stage: test accuracy, size, and latency timed interleaved with the original."""
-    from perfkit.measure import accuracy as test_accuracy
+    stages: list[tuple[str, Any]], evaluator: Evaluator, cfg: DictConfig, device: Any
+) -> tuple[list[dict[str, Any]], Any]:
+    """One row per stage: the module's own metrics, output drift, size, and latency timed
+    interleaved with the original on the network's recorded inputs."""
+    import torch
+
     from perfkit.measure import speedup
+    from perfkit.network import get_network, output_drift
     from perfkit.optim.report import count_parameters, serialized_size
 
+    call = _example_call(evaluator, stages[0][1]).resized(cfg.benchmark.batch_size).to(device)
+    path = evaluator.path
+    with torch.inference_mode():
+        reference = call.run(get_network(stages[0][1], path).to(device))
+    # argmax agreement means something only for class scores
+    classifier = any("acc" in name for name in evaluator.original_metrics)
     rows: list[dict[str, Any]] = []
-    for name, net in stages:
+    for index, (name, module) in enumerate(stages):
         if device.type == "cpu" or not cfg.quantize:
-            net.to(device)
-        accuracy = test_accuracy(net, datamodule.test_dataloader(), device)
-        rows.append(
-            {
-                "variant": name,
-                "test_acc": accuracy,
-                "parameters": count_parameters(net),
-                "size_bytes": serialized_size(net),
-            }
+            module.to(device)
+        metrics = evaluator.original_metrics if index == 0 else evaluator.metrics(module)
+        network = get_network(module, path)
+        with torch.inference_mode():
+            drift = output_drift(reference, call.run(network), classes=classifier)
+        row = {
+            "variant": name,
+            "metrics": metrics,
+            "output_drift": drift,
+            "parameters": count_parameters(network),
+            "size_bytes": serialized_size(network),
+        }
+        accuracy = _accuracy(metrics)
+        if accuracy is not None:
+            row["test_acc"] = accuracy
+        rows.append(row)
+        log.info(
+            "%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no held-out metric"
         )
-        log.info("%s: test accuracy %.4f", name, accuracy)
-    timings = _time_stages(stages, datamodule, cfg.benchmark, device)
+        _warn_collapse(name, drift)
+    timings = _time_stages([(n, get_network(m, path)) for n, m in stages], call, cfg.benchmark, device)
     baseline = timings["original"]
     for row in rows:
-        timing = timings[row["variant"]]
+        timing = timings[str(row["variant"])]
         ratio = speedup(baseline, timing)
         row.update(
             latency_ms_median=timing.median_ms,
@@ -148,24 +247,52 @@ def _measure_stages(
             speedup=ratio.median,
             speedup_p10=ratio.low,
             speedup_p90=ratio.high,
-            acc_drop_points=100 * (rows[0]["test_acc"] - row["test_acc"]),
             size_ratio=rows[0]["size_bytes"] / row["size_bytes"],
         )
-    return rows
+        if "test_acc" in row and "test_acc" in rows[0]:
+            row["acc_drop_points"] = 100 * (rows[0]["test_acc"] - row["test_acc"])
+    return rows, call
+
+
+def _accuracy(metrics: dict[str, float]) -> float | None:
+    """The test accuracy a module logs (``test/acc``, ``test_acc``, ``test/accuracy``...), if any."""
+    for name, value in metrics.items():
+        stage, _, metric = name.replace("/", "_").partition("_")
+        if stage == "test" and metric in ("acc", "accuracy"):
+            return value
+    return None
+
+
+def _warn_collapse(name: str, drift: dict[str, float]) -> None:
+    if drift.get("non_finite") or drift.get("max_abs_diff_relative", 0.0) > 0.5:
+        log.warning(
+            "%s: its outputs are far from the original's on the same inputs (%s): check before shipping it",
+            name,
+            drift,
+        )
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table, one row per stage."""
+    """The comparison as a Markdown table, one row per stage: the module's own metrics first."""
+    rows = result["rows"]
+    names = list(dict.fromkeys(name for row in rows for name in row["metrics"]))
     header = (
-        f"Test set of the run, {result['device']}, batch {result['batch_size']}, {result['threads']} thread(s), "
-        f"{result['rounds']} interleaved rounds; speed-up = median of per-round ratios (p10-p90)\n\n"
-        "| variant | test acc | Δ acc (points) | latency median (IQR) | speed-up | size | size ratio | parameters |\n"
-        "|---|---|---|---|---|---|---|---|"
+        f"{result['module']}{'.' + result['network'] if result['network'] else ''}, {result['device']}, batch {result['batch_size']}, "
+        f"{result['threads']} thread(s), {result['rounds']} interleaved rounds; speed-up = median of per-round "
+        f"ratios (p10-p90); scored by {result['score']}\n\n"
+        f"| variant | {' | '.join(names)}{' | ' if names else ''}output drift | latency median (IQR) | speed-up "
+        "| size | size ratio | parameters |\n"
+        f"|---|{'---|' * len(names)}---|---|---|---|---|---|"
     )
     lines = [header]
-    for row in result["rows"]:
+    for row in rows:
+        metrics = "".join(f"{row['metrics'][n]:.4f} | " if n in row["metrics"] else "- | " for n in names)
+        drift = row["output_drift"]
+        shown = f"{drift['max_abs_diff_relative']:.2g}" if "max_abs_diff_relative" in drift else "-"
+        if "argmax_agreement" in drift:
+            shown += f" ({100 * drift['argmax_agreement']:.1f}% same argmax)"
         lines.append(
-            f"| {row['variant']} | {row['test_acc']:.4f} | {0.0 - row['acc_drop_points']:+.2f} "
+            f"| {row['variant']} | {metrics}{shown} "
             f"| {row['latency_ms_median']:.3f} ms ({row['latency_ms_iqr']:.3f}) "
             f"| {row['speedup']:.2f}x ({row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}) "
             f"| {row['size_bytes'] / 1e6:.2f} MB | {row['size_ratio']:.2f}x | {row['parameters']:,} |"
@@ -191,15 +318,16 @@ def load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
     return read_checkpoint(path, "ckpt_path"), OmegaConf.load(run_config)  # type: ignore[return-value]
 
 
-def finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs: int, device: Any) -> Any:
-    """Train the pruned network a few epochs with the run's optimizer, to recover accuracy."""
+def finetune(network: Any, model: Any, path: str, datamodule: Any, epochs: int, device: Any) -> Any:
+    """Train the pruned network a few epochs inside the module (its own training_step and
+    configure_optimizers), to recover accuracy."""
     import lightning as L
-    from hydra.utils import instantiate
 
-    tuned = copy.deepcopy(model)
-    tuned.net = net.train()
-    tuned.optimizer_factory = instantiate(run_cfg.model.optimizer) if run_cfg.model.get("optimizer") else None
-    tuned.scheduler_factory = None
+    from perfkit.network import get_network, with_network
+
+    tuned: Any = copy.deepcopy(with_network(model, path, network)).train()
+    if hasattr(tuned, "scheduler_factory"):
+        tuned.scheduler_factory = None  # perfkit's classifiers: the run's schedule spans the whole run
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=device.type,
@@ -210,18 +338,15 @@ def finetune(net: Any, model: Any, datamodule: Any, run_cfg: DictConfig, epochs:
         enable_progress_bar=sys.stderr.isatty(),
     )
     trainer.fit(tuned, datamodule=datamodule)
-    return tuned.net
+    return get_network(tuned, path)
 
 
-def _time_stages(
-    stages: list[tuple[str, Any]], datamodule: Any, bench: DictConfig, device: Any
-) -> dict[str, Any]:
+def _time_stages(stages: list[tuple[str, Any]], call: Any, bench: DictConfig, device: Any) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
     from perfkit.measure import time_interleaved
 
-    batch = torch.cat([images for images, _ in datamodule.test_dataloader()])[: bench.batch_size].to(device)
     previous_threads = torch.get_num_threads()
     if bench.threads:
         torch.set_num_threads(bench.threads)
@@ -229,7 +354,7 @@ def _time_stages(
     def forward(net: Any) -> Callable[[], Any]:
         def run() -> Any:
             with torch.inference_mode():
-                return net(batch)
+                return call.run(net)
 
         return run
 

@@ -34,13 +34,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # the command's start for the CLI's first run; a library call (or a later sweep job) counts from here
     launched_at = take_command_start() or time.time()
-    for group, keys in fit_to_targets(cfg).items():
-        log.info(
-            "%s: %s takes no %s; perfkit's values for them are left out",
-            group,
-            cfg[group]._target_,
-            ", ".join(keys),
-        )
+    for line in fit_to_targets(cfg):
+        log.info(line)
     check_config(cfg)
     from perfkit import distributed
     from perfkit.run import RunDirectory, is_launching_process
@@ -78,10 +73,12 @@ def _train(
     if ckpt_path:
         key = "resume=auto" if resume_from else "ckpt_path"
         check_fits(read_checkpoint(Path(ckpt_path), key), model, key, Path(ckpt_path))
-    trainer, speed, optimizations = build_trainer(cfg, model, launched_at=launched_at)
+    trainer, speed, optimizations = build_trainer(cfg, model, launched_at=launched_at, datamodule=datamodule)
     _record_config(cfg, trainer, run_dir, resume_from)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=_restore_mode(model, datamodule)
+    )
     # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
     for callback in trainer.callbacks:
         collect = getattr(callback, "collect", None)
@@ -104,6 +101,8 @@ def _train(
         resumed_from=_relative_to(str(resume_from), run_dir) if resume_from else None,
         wall_time_s=round(time.perf_counter() - started, 3),
         profile=_profile_summary(run_dir) if trainer.is_global_zero else None,
+        monitor=_monitor_summary(trainer),
+        skipped=result.skipped,
     ).as_dict()
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -111,6 +110,22 @@ def _train(
     reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
     return metrics
+
+
+def _restore_mode(model: Any, datamodule: Any) -> bool | None:
+    """``weights_only`` for Lightning's restores of this run's checkpoints, said in the log when it
+    must be False (hyper-parameters that hold objects)."""
+    from perfkit.checkpoint import holds_objects, weights_only_for
+
+    weights_only = weights_only_for(model, datamodule)
+    if weights_only is False:
+        log.info(
+            "%s's hyper-parameters hold objects (%s): its checkpoints are restored with weights_only=False, "
+            "as Lightning's load_from_checkpoint needs",
+            type(model).__name__,
+            ", ".join(holds_objects(model, datamodule)),
+        )
+    return weights_only
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any]:
@@ -123,14 +138,18 @@ def build(cfg: DictConfig) -> tuple[Any, Any]:
     return datamodule, model
 
 
-def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[Any, Any, Any]:
+def build_trainer(
+    cfg: DictConfig, model: Any, *, launched_at: float, datamodule: Any = None
+) -> tuple[Any, Any, Any]:
     """The Trainer with perfkit's callbacks (speed, divergence check, training-time optimizations),
-    loggers and profiler; checked before any DDP process starts."""
+    loggers and profiler; checked before any DDP process starts. A module that cannot validate gets
+    a :class:`~perfkit.monitoring.TrainingMonitor`."""
     import lightning as L
     from hydra.utils import instantiate
 
     from perfkit import distributed
     from perfkit.callbacks import DivergenceCheck, TrainingSpeed, add_progress_bar
+    from perfkit.monitoring import TrainingMonitor, missing_stage
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.overhead import QuietProfiler, skip_gpu_probe_without_gpus
 
@@ -138,7 +157,10 @@ def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[A
 
     speed = TrainingSpeed(launched_at=launched_at)
     optimizations = TrainingOptimizations.from_config(cfg.get("optimize"))
+    no_validation = missing_stage("val", model, datamodule)
     callbacks = [
+        # first: early stopping must not look for a validation metric before it is redirected
+        *([TrainingMonitor(no_validation)] if no_validation else []),
         *instantiate_all(cfg.get("callbacks"), instantiate),
         *optimizations.callbacks(model),
         speed,
@@ -151,7 +173,7 @@ def build_trainer(cfg: DictConfig, model: Any, *, launched_at: float) -> tuple[A
         callbacks.append(profiler)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.strategy.name, cfg.strategy.get("options")),
+        strategy=build_strategy(cfg.strategy.name, _strategy_options(cfg.strategy, model)),
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger"), instantiate) or False,
         profiler=QuietProfiler() if profiler is None or isinstance(profiler, L.Callback) else profiler,
@@ -182,11 +204,16 @@ class Evaluation:
     test: dict[str, float]
     best_checkpoint: str  # "" when no checkpoint callback saved one
     evaluated: str  # "best checkpoint" or "final weights"
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
 
 
 def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool = False) -> Evaluation:
-    """Validate and test the best checkpoint (``final_weights``: the weights in memory)."""
+    """Validate and test the best checkpoint (``final_weights``: the weights in memory); a stage the
+    module or data has no step or loader for is skipped and recorded as such."""
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from perfkit.checkpoint import weights_only_for
+    from perfkit.monitoring import missing_stage
 
     # the checkpoint that tracks a monitored metric holds the best model (Lightning's default one, if
     # no callback is configured, monitors nothing and holds the last)
@@ -194,13 +221,27 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool =
     keeper = next((c for c in keepers if c.monitor), keepers[0] if keepers else None)
     best = keeper.best_model_path if keeper else ""
     source = None if final_weights else best or None
-    val = trainer.validate(model, datamodule=datamodule, ckpt_path=source, verbose=False)
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=source, verbose=True)
+    weights_only = weights_only_for(model, datamodule)
+    results: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        why = missing_stage(stage, model, datamodule)
+        if why:
+            skipped[stage] = why
+            if trainer.is_global_zero:
+                log.info("%s skipped: %s", "validation" if stage == "val" else "test", why)
+            results[stage] = {}
+            continue
+        out = run(
+            model, datamodule=datamodule, ckpt_path=source, verbose=stage == "test", weights_only=weights_only
+        )
+        results[stage] = _strip_prefix(out[0], f"{stage}/") if out else {}
     return Evaluation(
-        val=_strip_prefix(val[0], "val/") if val else {},
-        test=_strip_prefix(test[0], "test/") if test else {},
+        val=results["val"],
+        test=results["test"],
         best_checkpoint=best,
         evaluated="best checkpoint" if source else "final weights",
+        skipped=skipped,
     )
 
 
@@ -229,12 +270,16 @@ class RunMetrics:
     wall_time_s: float
     versions: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None  # the pytorch profiler's step breakdown, when it ran
+    # a module that does not validate: the training metric the checkpoints followed, and why
+    monitor: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # evaluation stages that did not run, and why
 
     def as_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         speed = values.pop("speed")
-        if values["profile"] is None:
-            del values["profile"]
+        for optional in ("profile", "monitor", "skipped"):
+            if not values[optional]:
+                del values[optional]
         return {"val": values.pop("val"), "test": values.pop("test"), **speed, **values}
 
 
@@ -289,6 +334,13 @@ def _process_group_backend(strategy: Any) -> str | None:
     )
 
 
+def _monitor_summary(trainer: Any) -> dict[str, Any] | None:
+    from perfkit.monitoring import TrainingMonitor
+
+    monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None)
+    return monitor.summary() if monitor else None
+
+
 def _compile_summary(trainer: Any) -> dict[str, Any]:
     from perfkit.optim.training import CompileForward
 
@@ -335,6 +387,25 @@ def _avoid_duplicate_log_lines() -> None:
         for handler in list(lightning_logger.handlers):
             if type(handler) is logging.StreamHandler:
                 lightning_logger.removeHandler(handler)
+
+
+def _strategy_options(strategy: DictConfig, model: Any) -> Any:
+    """The strategy's options; DDP finds unused parameters for a manually optimized module (a GAN's
+    generator step leaves the discriminator's gradients unused, which DDP otherwise refuses)."""
+    options = strategy.get("options")
+    manual = getattr(model, "automatic_optimization", True) is False
+    if not (manual and str(strategy.name).startswith("ddp")):
+        return options
+    values = OmegaConf.to_container(options, resolve=True) if options else {}
+    assert isinstance(values, dict)
+    if "find_unused_parameters" not in values:
+        log.info(
+            "%s optimizes manually: DDP runs with find_unused_parameters=True "
+            "(+strategy.options.find_unused_parameters=false to turn it off)",
+            type(model).__name__,
+        )
+        values["find_unused_parameters"] = True
+    return OmegaConf.create(values)
 
 
 def build_strategy(name: str, options: Any = None) -> Any:

@@ -58,7 +58,7 @@ def prune(
     pruned = copy.deepcopy(model)
     layers = [m for m in pruned.modules() if isinstance(m, PRUNABLE)]
     if method in ("ln_structured", "channels"):
-        output = output_layer(pruned)
+        output = output_layer(pruned, example_inputs)
         layers = [m for m in layers if m is not output]
     if not layers:
         raise ValueError(
@@ -67,7 +67,9 @@ def prune(
 
     if method == "channels":
         check_example_inputs(pruned, example_inputs, "perfkit.prune(method='channels')")
-        notes = prune_channels_inplace(pruned, amount, example_inputs, keep=output_layer(pruned))
+        notes = prune_channels_inplace(
+            pruned, amount, example_inputs, keep=output_layer(pruned, example_inputs)
+        )
         changed = Counter(
             type(new).__name__
             for new, old in zip(_prunable(pruned), _prunable(model), strict=True)
@@ -185,7 +187,26 @@ def _prunable(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, PRUNABLE)]
 
 
-def output_layer(model: nn.Module) -> nn.Module | None:
-    """The last Linear/Conv registered: in these models it produces the output (the logits)."""
+def output_layer(model: nn.Module, example_inputs: Any = None) -> nn.Module | None:
+    """The Linear/Conv that produces the output: with ``example_inputs``, the last one a forward
+    pass runs (a GAN's generator head, not the discriminator registered after it); without, the last
+    one registered."""
     layers = _prunable(model)
-    return layers[-1] if layers else None
+    if example_inputs is None or not layers:
+        return layers[-1] if layers else None
+    import torch
+
+    ran: list[nn.Module] = []
+    handles = [layer.register_forward_hook(lambda m, *_: ran.append(m)) for layer in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
+    except Exception:
+        ran = []  # check_example_inputs reports a failing forward
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return ran[-1] if ran else layers[-1]

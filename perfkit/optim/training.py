@@ -16,7 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelPruning
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -103,25 +104,74 @@ class TrainingOptimizations:
 
 
 class CompileForward(L.Callback):
-    """``torch.compile`` the LightningModule's ``forward`` (where the network runs) for fit/validate/test.
+    """``torch.compile`` what the LightningModule's steps run, for fit/validate/test.
 
-    The module's state dict and checkpoints stay those of the eager model. Under DDP each process
-    compiles its own copy, inside the DDP wrapper, so compilation is not lost. A compiler failure
-    falls back to eager with a warning (:class:`~perfkit.optim.compiling.EagerFallback`).
+    That is ``forward`` when the module defines it and its ``training_step`` calls it (one graph for
+    the whole network); otherwise (no ``forward``, or a ``training_step`` that calls ``self.model``
+    directly, as many language models do) each child module holding parameters, found at the first
+    training batch. The module's state dict and checkpoints stay those of the eager model. Under DDP
+    each process compiles its own copy, inside the DDP wrapper, so compilation is not lost. A
+    compiler failure falls back to eager with a warning (:class:`EagerFallback`).
     """
 
     def __init__(self, mode: str = "default", **compile_options: Any) -> None:
         self.options = {"mode": mode, **compile_options}
         self.fallback: EagerFallback | None = None
+        self.fallbacks: dict[str, EagerFallback] = {}
+        self.compiled: list[str] = []  # "forward", or the names of the compiled children
+        self.note: str | None = None
+        self._forward_calls = 0
+        self._active = False
+        self._children_only = False  # training_step was seen not to call forward
         # graphs dynamo compiled in each rank during fit: proof that DDP did not lose compilation
         self.graphs_per_rank: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if "forward" in vars(pl_module):
+        if self._active:
             return  # already compiled for an earlier stage
+        self._active = True
+        if is_overridden("forward", pl_module, parent=L.LightningModule) and not self._children_only:
+            self._compile_forward(pl_module)
+        else:
+            self._compile_children(pl_module, f"{type(pl_module).__name__} has no forward")
+
+    def _compile_forward(self, pl_module: L.LightningModule) -> None:
         eager = pl_module.forward
         self.fallback = EagerFallback(torch.compile(eager, **self.options), eager)
-        pl_module.forward = self.fallback  # type: ignore[method-assign]
+        compiled = self.fallback
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self._forward_calls += 1
+            return compiled(*args, **kwargs)
+
+        pl_module.forward = forward  # type: ignore[method-assign]
+        self.compiled = ["forward"]
+
+    def _compile_children(self, pl_module: L.LightningModule, why: str) -> None:
+        children = [
+            (name, child)
+            for name, child in pl_module.named_children()
+            if any(True for _ in child.parameters()) and "forward" not in vars(child)
+        ]
+        for name, child in children:
+            eager = child.forward
+            self.fallbacks[name] = EagerFallback(torch.compile(eager, **self.options), eager)
+            child.forward = self.fallbacks[name]
+        self.compiled = [name for name, _ in children]
+        self.fallback = next(iter(self.fallbacks.values()), None)
+        shown = ", ".join(self.compiled) or "nothing: it has no child module with parameters"
+        note = f"{why}: compiled its submodules ({shown})"
+        if note != self.note:  # once, not again for validate and test
+            rank_zero_info(f"optimize.compile: {note}")
+        self.note = note
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.compiled == ["forward"] and self._forward_calls == 0 and batch_idx == 0:
+            vars(pl_module).pop("forward", None)
+            self._children_only = True
+            self._compile_children(pl_module, "training_step does not call forward")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch._dynamo.utils import counters
@@ -131,12 +181,20 @@ class CompileForward(L.Callback):
         self.graphs_per_rank = [int(n) for n in gathered.reshape(-1).tolist()]
         send_to_main_process(trainer, "compiled_graphs_per_rank", [float(n) for n in self.graphs_per_rank])
         eager_ranks = [rank for rank, graphs in enumerate(self.graphs_per_rank) if graphs == 0]
-        if eager_ranks and self.fallback is not None and self.fallback.reason is None:
+        if eager_ranks and self.reason() is None:
             # no error, yet dynamo captured nothing (seen with torch 2.11 under Lightning): say so
-            rank_zero_warn(
-                f"optimize.compile=true, but torch.compile captured no graph on rank(s) {eager_ranks}: "
-                f"the model ran eager (torch {torch.__version__})"
+            self.note = (
+                f"torch.compile captured no graph on rank(s) {eager_ranks} (compiled: "
+                f"{', '.join(self.compiled) or 'nothing'}): the model ran eager (torch {torch.__version__})"
             )
+            rank_zero_warn(f"optimize.compile=true, but {self.note}")
+
+    def reason(self) -> str | None:
+        """Why some compiled code fell back to eager, or None."""
+        reasons = [
+            f.reason for f in ([self.fallback] if self.fallback else []) + list(self.fallbacks.values())
+        ]
+        return next((r for r in reasons if r), None)
 
     def collect(self, trainer: L.Trainer) -> None:
         """After fit: take the counts from the worker processes when ``ddp_spawn`` ran it."""
@@ -146,13 +204,20 @@ class CompileForward(L.Callback):
             ]
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
+            "compiled": self.compiled,
             "compiled_graphs_per_rank": self.graphs_per_rank,
-            "fell_back_to_eager": self.fallback.reason if self.fallback else None,
+            "fell_back_to_eager": self.reason(),
         }
+        if self.note:
+            summary["compile_note"] = self.note
+        return summary
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         vars(pl_module).pop("forward", None)
+        for name in self.fallbacks:
+            vars(getattr(pl_module, name)).pop("forward", None)
+        self._active = False
 
 
 class PruneChannels(L.Callback):
@@ -160,22 +225,22 @@ class PruneChannels(L.Callback):
 
     ``at_epoch=0`` prunes before training (the optimizer and DDP then see the small model). Later
     epochs rebuild the optimizer after pruning, which needs a single process: under DDP use 0.
-    Needs ``pl_module.example_input_array`` to trace the model.
+    The model is traced through ``forward`` with ``pl_module.example_input_array`` or, when the
+    module sets none, the input of the first training batch (the first element of a tuple batch).
     """
 
     def __init__(self, amount: float, *, at_epoch: int = 0) -> None:
         self.amount = amount
         self.at_epoch = at_epoch
         self.pruned = False
+        self.example: Any = None
+        self.example_source = ""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if pl_module.example_input_array is None:
-            raise ValueError(
-                "optimize.prune.method=channels needs the LightningModule to set example_input_array"
-            )
         check_world_size(self.at_epoch, trainer.world_size)
+        self.example, self.example_source = example_inputs(trainer, pl_module)
         if self.at_epoch == 0:
             self._prune(pl_module)
 
@@ -186,10 +251,36 @@ class PruneChannels(L.Callback):
             trainer.strategy.setup_optimizers(trainer)
 
     def _prune(self, pl_module: L.LightningModule) -> None:
-        example = pl_module.example_input_array
+        example = self.example
         inputs = example.to(pl_module.device) if isinstance(example, torch.Tensor) else example
-        prune_channels_inplace(pl_module, self.amount, inputs, keep=output_layer(pl_module))
+        prune_channels_inplace(pl_module, self.amount, inputs, keep=output_layer(pl_module, inputs))
         self.pruned = True
+
+
+def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[Any, str]:
+    """What to trace ``pl_module.forward`` with, and where it came from; ConfigError when neither
+    the module nor its training data can say."""
+    from perfkit.errors import ConfigError
+
+    name = type(pl_module).__name__
+    if not is_overridden("forward", pl_module, parent=L.LightningModule):
+        raise ConfigError(
+            f"optimize.prune.method=channels traces the module's forward, and {name} has none: use a "
+            "mask method (optimize.prune.method=l1_unstructured), or perfkit.prune on its network"
+        )
+    if pl_module.example_input_array is not None:
+        return pl_module.example_input_array, "example_input_array"
+    datamodule = getattr(trainer, "datamodule", None)
+    loader = datamodule.train_dataloader() if datamodule is not None else pl_module.train_dataloader()
+    batch = next(iter(loader))
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0][:2], "the first training batch's inputs (batch[0])"
+    if isinstance(batch, torch.Tensor):
+        return batch[:2], "the first training batch"
+    raise ConfigError(
+        f"optimize.prune.method=channels needs an input to trace {name}.forward with: its batches are "
+        f"{type(batch).__name__}s, not (inputs, ...) tuples; set self.example_input_array in {name}.__init__"
+    )
 
 
 def check_world_size(at_epoch: int, world_size: int) -> None:
