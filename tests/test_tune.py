@@ -246,6 +246,7 @@ def test_cuda_graphs_are_a_measured_candidate_on_cuda_only(device: str, expected
         module=ImageClassifier(MLP, (1, 8, 8), 10),
         settings=TuneSettings(modes=["train", "inference"]),
         batch_size=64,
+        datamodule=SimpleNamespace(batch_size=64),
     )
     tuner._larger_batch = lambda factor: Tuner._larger_batch(tuner, factor)  # type: ignore[arg-type]
     candidates = Tuner.candidates(tuner)  # type: ignore[arg-type]

@@ -239,7 +239,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
             )
             if spec.train_epochs and spec.finetune_epochs:
                 device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-                channels = finetune(channels, classifier, datamodule, run_cfg, spec.finetune_epochs, device)
+                channels = finetune(channels, classifier, "net", datamodule, spec.finetune_epochs, device)
                 channels = channels.cpu().eval()
                 note = f"fine-tuned {spec.finetune_epochs} epoch(s) after pruning"
                 notes = {"prune_channels": [note], "compile_channels": [note]}

@@ -41,6 +41,8 @@ def tune(
     *,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    monitor: str = "val/acc",
+    monitor_mode: str = "max",
     **settings: Any,
 ) -> TuneResult:
     """Measure candidate settings for ``module`` (a LightningModule) on ``datamodule`` and choose.
@@ -53,6 +55,8 @@ def tune(
     With ``output_dir``, writes ``tune.json``, ``tune.md``, ``tune.png`` and
     ``configs/experiment/tuned.yaml``.
 
+    ``monitor``/``monitor_mode``: the validation metric the module logs that candidates are judged
+    by, and whether higher (max) or lower (min) is better.
     ``settings``: any key of :class:`perfkit.schemas.Tune` (``budget_s=300``, ``max_accuracy_drop=0.5``,
     ``modes=["train"]``, ``device="auto"``, ``rounds``, ...); the others keep its defaults.
     """
@@ -62,7 +66,9 @@ def tune(
         TuneSettings, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "tune"
     )
     with progress_bar(enabled=progress) as report_progress:
-        tuner = Tuner(module, datamodule, checked, progress=report_progress)
+        tuner = Tuner(
+            module, datamodule, checked, progress=report_progress, monitor=monitor, monitor_mode=monitor_mode
+        )
         result = tuner.run()
     if output_dir is not None:
         write_outputs(result, Path(output_dir))

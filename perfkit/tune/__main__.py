@@ -17,13 +17,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from perfkit.cli import command, run_program
-from perfkit.config import check_config, typed_node
+from perfkit.config import check_config, fit_to_targets, typed_node
+from perfkit.tune.runs import Score
 
 log = logging.getLogger("perfkit.tune")
 
 
 def run(cfg: DictConfig) -> Any:
     """Tune the job ``cfg`` describes; return the :class:`~perfkit.tune.TuneResult`."""
+    for line in fit_to_targets(cfg):
+        log.info(line)
     check_config(cfg)
     import lightning as L
 
@@ -41,7 +44,21 @@ def run(cfg: DictConfig) -> Any:
     datamodule.prepare_data()
     datamodule.setup("fit")
     with progress_bar() as report_progress:
-        result = Tuner(model, datamodule, settings, progress=report_progress).run()
+        tuner = Tuner(
+            model,
+            datamodule,
+            settings,
+            progress=report_progress,
+            monitor=str(cfg.get("monitor", "val/acc")),
+            monitor_mode=str(cfg.get("monitor_mode", "max")),
+        )
+        result = tuner.run()
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    for outcome in failed:
+        c = outcome.candidate
+        log.warning("%s candidate %s=%s failed: %s", c.mode, c.axis, c.name, outcome.reason)
+    written = write_outputs(result, run_dir)  # kept even when every candidate failed
+    check_some_worked(result)
     verify_full_run(cfg, result, run_dir)
     written = write_outputs(result, run_dir)
     for mode, keys in result.chosen.items():
@@ -50,6 +67,23 @@ def run(cfg: DictConfig) -> Any:
         log.info("%s: %s%s", mode, keys or "keep the defaults", measured)
     log.info("report: %s; train with: %s", written[1], train_command(run_dir))
     return result
+
+
+def check_some_worked(result: Any) -> None:
+    """A mode whose every measured candidate failed decided nothing: say so instead of "keep the defaults"."""
+    for mode in result.chosen:
+        tried = [o for o in result.outcomes if o.candidate.mode == mode and o.status not in ("skipped",)]
+        failed = [o for o in tried if o.status == "failed"]
+        if tried and len(failed) == len(tried):
+            first = failed[0]
+            raise TuneFailedError(
+                f"every {mode} candidate failed ({len(failed)}), so nothing was measured; the first, "
+                f"{first.candidate.axis}={first.candidate.name}: {first.reason}"
+            )
+
+
+class TuneFailedError(RuntimeError):
+    """Every candidate of a mode failed: the command exits non-zero."""
 
 
 # training keys that change what the model learns (the others only change how fast it runs)
@@ -86,12 +120,14 @@ def verify_full_run(cfg: DictConfig, result: Any, run_dir: Path) -> None:
             result.verification = {"verified": False, "reason": why}
             return
     tuned = runs["tuned"]
-    drop = 100 * (float(runs["default"]) - float(tuned)) if not isinstance(tuned, str) else math.inf
+    score = Score(str(cfg.get("monitor", "val/acc")), str(cfg.get("monitor_mode", "max")))
+    drop = score.drop(float(runs["default"]), float(tuned)) if not isinstance(tuned, str) else math.inf
     kept = drop <= result.max_accuracy_drop
     result.verification = {
         "verified": True,
-        "default_test_acc": runs["default"],
-        "tuned_test_acc": None if isinstance(tuned, str) else tuned,
+        "metric": score.metric,
+        "default": runs["default"],
+        "tuned": None if isinstance(tuned, str) else tuned,
         "drop_points": round(drop, 3) if math.isfinite(drop) else None,
         "kept": kept,
         "seconds": round(time.monotonic() - started, 1),
@@ -102,7 +138,7 @@ def verify_full_run(cfg: DictConfig, result: Any, run_dir: Path) -> None:
             "over a full run the chosen settings %s %s (tolerance %g points): keeping only those that do not "
             "change numerics",
             numerics,
-            tuned if isinstance(tuned, str) else f"lose {drop:.1f} points of test accuracy",
+            tuned if isinstance(tuned, str) else f"lose {drop:.1f} on {score.metric}",
             result.max_accuracy_drop,
         )
         result.chosen["train"] = {k: v for k, v in chosen.items() if k not in NUMERICS_KEYS}
@@ -139,10 +175,15 @@ def _train_in_a_fresh_process(
     if completed.returncode != 0 or not metrics.is_file():
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         return f"the {name} run failed (exit {completed.returncode}): {lines[-1] if lines else 'no message'}"
-    return float(json.loads(metrics.read_text())["test"]["acc"])
+    from perfkit.train import monitored_value
+
+    value = monitored_value(json.loads(metrics.read_text()), str(cfg.get("monitor", "val/acc")))
+    if value is None:
+        return f"the {name} run logged no {cfg.get('monitor')} in validation"
+    return value
 
 
-main = command("perfkit.tune", "tune", run)
+main = command("perfkit.tune", "tune", run, user_errors=(TuneFailedError,))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def to_markdown(result: TuneResult) -> str:
         "(steps to it x measured time per step), not by samples/s.",
         "",
         "| mode | axis | candidate | decision | speed-up (95% CI) | samples/s | time to accuracy (baseline) "
-        "| accuracy (baseline) | why |",
+        "| monitored metric (baseline) | why |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
         *(_candidate_row(outcome) for outcome in result.outcomes),
         "",
@@ -111,8 +111,12 @@ def to_markdown(result: TuneResult) -> str:
 
 
 def _verdict_lines(result: TuneResult) -> list[str]:
-    """What was chosen per mode, and the full-run check's outcome."""
+    """Failed candidates first, then what was chosen per mode, and the full-run check's outcome."""
     lines = []
+    for outcome in result.outcomes:
+        if outcome.status == "failed":
+            c = outcome.candidate
+            lines.append(f"**{c.mode} candidate {c.axis}={c.name} FAILED:** {outcome.reason}.")
     for mode, outcome in result.final.items():
         verdict = outcome.reason or outcome.status
         lines.append(
@@ -124,7 +128,7 @@ def _verdict_lines(result: TuneResult) -> list[str]:
             why = (
                 "the faster settings failed the full-run check below"
                 if mode == "train" and check and check.get("verified") and not check["kept"]
-                else "no candidate was faster beyond the noise"
+                else _why_defaults(result, mode)
             )
             lines.append(f"**{mode}:** the defaults stay: {why}.")
     if check and check.get("verified") and check.get("tuned_run_failed"):
@@ -135,15 +139,26 @@ def _verdict_lines(result: TuneResult) -> list[str]:
     elif check and check.get("verified"):
         verdict = "kept" if check["kept"] else "dropped: only settings that keep the numerics stay"
         drop = check["drop_points"]
-        change = f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"
+        unit = "%" if check.get("mode") == "min" else " points"  # a loss: percent of the default's
+        change = f"{drop:.2f}{unit} worse" if drop > 0 else f"{-drop:.2f}{unit} better"
         lines.append(
-            f"**Full-run check (perfkit.train, whole job):** test accuracy {check['tuned_test_acc']:.4f} tuned vs "
-            f"{check['default_test_acc']:.4f} default ({change}; tolerance {result.max_accuracy_drop:g}): "
+            f"**Full-run check (perfkit.train, whole job):** {check['metric']} {check['tuned']:.4f} tuned vs "
+            f"{check['default']:.4f} default ({change}; tolerance {result.max_accuracy_drop:g}): "
             f"numerics-changing settings {verdict}."
         )
     elif check:
         lines.append(f"**Full-run check:** not done: {check['reason']}.")
     return lines
+
+
+def _why_defaults(result: TuneResult, mode: str) -> str:
+    outcomes = [o for o in result.outcomes if o.candidate.mode == mode]
+    measured = [o for o in outcomes if o.status in ("accepted", "rejected")]
+    failed = sum(o.status == "failed" for o in outcomes)
+    if not measured:
+        return f"no candidate could be measured ({failed} failed, {len(outcomes) - failed} skipped)"
+    extra = f"; {failed} failed" if failed else ""
+    return f"no candidate of the {len(measured)} measured was faster beyond the noise{extra}"
 
 
 def _candidate_row(outcome: Outcome) -> str:

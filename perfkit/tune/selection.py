@@ -59,11 +59,16 @@ class Outcome:
     baseline_time_to_accuracy_s: float | None = None
     steps_to_accuracy: tuple[int, int] | None = None
     seconds: float = 0.0  # what measuring it cost
+    # how accuracy/baseline_accuracy (the module's monitored metric) compare: higher (max) or lower better
+    score_mode: str = "max"
 
     @property
     def accuracy_drop_points(self) -> float | None:
+        """Points of a higher-is-better metric lost, or percent of a lower-is-better one (a loss) gained."""
         if self.accuracy is None or self.baseline_accuracy is None:
             return None
+        if self.score_mode == "min":
+            return 100.0 * (self.accuracy - self.baseline_accuracy) / max(abs(self.baseline_accuracy), 1e-12)
         return 100.0 * (self.baseline_accuracy - self.accuracy)
 
     def as_dict(self) -> dict[str, Any]:

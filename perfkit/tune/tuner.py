@@ -13,8 +13,7 @@ import contextlib
 import copy
 import logging
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from perfkit.measure import Timing, median_confidence_interval, time_interleaved
 from perfkit.schemas import Tune as TuneSettings
+from perfkit.tune import runs
 from perfkit.tune.selection import (
     ACCEPTED,
     REJECTED,
@@ -76,7 +76,12 @@ class Tuner:
         datamodule: Any,
         settings: TuneSettings,
         progress: Callable[[Outcome], None] | None = None,
+        *,
+        monitor: str | None = None,
+        monitor_mode: str = "max",
     ) -> None:
+        from perfkit.monitoring import missing_stage
+
         self.settings = settings
         self.device = _device(settings.device)
         self.module = module
@@ -86,14 +91,19 @@ class Tuner:
         datamodule.prepare_data()
         datamodule.setup("fit")
         self.train_batches = _take(datamodule.train_dataloader(), 8)
-        self.val_batches = _take(datamodule.val_dataloader(), 16)
-        if not self.train_batches or not self.val_batches:
-            raise ValueError("the datamodule gave no training or no validation batches")
-        self.batch_size = len(self.train_batches[0][0])
+        if not self.train_batches:
+            raise ValueError("the datamodule gave no training batches")
+        self.no_score = missing_stage("val", module, datamodule)
+        self.val_batches = [] if self.no_score else _take(datamodule.val_dataloader(), 16)
+        if not self.no_score and not self.val_batches:
+            raise ValueError("the datamodule gave no validation batches")
+        self.score = runs.Score(monitor or "val/acc", monitor_mode)
+        self.batch_size = runs.batch_size_of(self.train_batches[0])
         self.initial_state = copy.deepcopy(module.state_dict())
         self._trained: dict[str, Any] = {}  # the short runs, by training setting
-        self._curves: dict[str, list[tuple[int, float]]] = {}  # accuracy while training, by setting
-        self._pool: tuple[torch.Tensor, ...] | None = None
+        self._curves: dict[str, list[tuple[int, float]]] = {}  # the monitored metric while training
+        self._pool: Any = None
+        self._call: Any = None  # what the network is called with (inference)
 
     # -- candidates -----------------------------------------------------------------------------
 
@@ -114,7 +124,7 @@ class Tuner:
             found.append(Candidate(mode, axis, name, settings, gain, cost, numerics))
 
         if "train" in self.settings.modes:
-            factor = 2
+            factor = 2 if _has_batch_size(self.datamodule) else self.settings.max_batch_factor + 1
             while factor <= self.settings.max_batch_factor:
                 size = self.batch_size * factor
                 settings, rule = self._larger_batch(factor)
@@ -154,14 +164,14 @@ class Tuner:
         """A batch ``factor`` times larger takes fewer optimizer steps per epoch: the learning rate grows
         with it (linear scaling for SGD, square-root for adaptive optimizers such as Adam), ramped up
         linearly over the first steps where the module supports a warm-up."""
-        optimizer = _optimizer(copy.deepcopy(self.module))
-        base_lr = float(optimizer.param_groups[0]["lr"])
-        linear = type(optimizer).__name__ in ("SGD",)
+        settings: dict[str, Any] = {"data.batch_size": self.batch_size * factor}
+        optimizer = getattr(self.module, "optimizer_factory", None)
+        if optimizer is None:  # the module builds its own optimizer: its learning rate is its own
+            return settings, "the module's own learning rate"
+        base_lr = float(optimizer.keywords.get("lr", 1e-3)) if hasattr(optimizer, "keywords") else 1e-3
+        linear = getattr(optimizer, "func", None) is torch.optim.SGD
         lr = base_lr * (factor if linear else factor**0.5)
-        settings: dict[str, Any] = {
-            "data.batch_size": self.batch_size * factor,
-            "optimizer.lr": float(f"{lr:.4g}"),
-        }
+        settings["optimizer.lr"] = float(f"{lr:.4g}")
         rule = f"lr {settings['optimizer.lr']:g}, {'linear' if linear else 'square-root'} scaling"
         if hasattr(self.module, "warmup_steps"):
             settings["model.warmup_steps"] = max(1, self.settings.accuracy_steps // 10)
@@ -277,76 +287,91 @@ class Tuner:
         )
         return outcome
 
-    def _training_step(self, keys: dict[str, Any]) -> tuple[Callable[[], None], int]:
-        """One optimizer step of a fresh copy of the module under ``keys``; returns it and its batch size."""
+    def _variant(self, keys: dict[str, Any]) -> Callable[[], list[float]]:
+        """One timing run of ``keys``: a Trainer.fit over warm-up + timed batches of the module (the
+        same object every round, so a compiled graph is reused); returns the timed step times."""
+        from perfkit.optim.training import CompileForward
+
         module = self._fresh_module(keys)
-        optimizer = _optimizer(module)
-        batch = _to_device(self._batch(keys.get("data.batch_size", self.batch_size)), self.device)
-        if keys.get("channels_last"):
-            module = module.to(memory_format=torch.channels_last)
-            batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-        autocast = _autocast(keys.get("precision"), self.device)
+        size = int(keys.get("data.batch_size", self.batch_size))
+        batches = [self._batch(size)] * (self.settings.warmup + 4)
+        compiler = (
+            CompileForward(mode=keys.get("optimize.compile_mode", "default"))
+            if keys.get("optimize.compile")
+            else None
+        )
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = _loss(module.training_step(batch, 0))
-            loss.backward()
-            optimizer.step()
+        def run() -> list[float]:
+            timer = runs.StepTimes(self.device)
+            callbacks: list[Any] = [timer, *([compiler] if compiler else [])]
+            limit = 1 if self.val_batches else 0  # an epoch-end scheduler may read a validation metric
+            t = runs.trainer(
+                self.device, keys.get("precision"), callbacks, max_epochs=1, limit_val_batches=limit
+            )
+            runs.fit(module, batches, self.val_batches[:1] or None, t)
+            return timer.seconds[self.settings.warmup :] or timer.seconds
 
-        return step, len(batch[0])
+        return run
 
     def _fresh_module(self, keys: dict[str, Any]) -> Any:
         module = copy.deepcopy(self.module)
         module.load_state_dict(self.initial_state)
-        module.to(self.device).train()
-        if keys.get("optimize.compile"):
-            module.forward = torch.compile(module.forward, mode=keys.get("optimize.compile_mode", "default"))
+        if keys.get("channels_last"):
+            module = module.to(memory_format=torch.channels_last)
         return module
 
     def _measure_training(self, candidate: Candidate) -> Outcome:
-        base_step, base_size = self._training_step({})
-        step, size = self._training_step(candidate.settings)
-        with _quiet():
-            timings = time_interleaved(
-                {"baseline": base_step, "candidate": step},
-                rounds=self.settings.rounds,
-                warmup=self.settings.warmup,
-                device=self.device,
-            )
-        outcome = _paired(candidate, timings["baseline"], base_size, timings["candidate"], size)
+        if candidate.changes_numerics and self.no_score:
+            return Outcome(candidate, SKIPPED, f"no held-out metric to check it against: {self.no_score}")
+        base, run = self._variant({}), self._variant(candidate.settings)
+        base(), run()  # warm-up rounds (compilation, allocator), not counted
+        seconds = runs.interleaved_fits({"baseline": base, "candidate": run}, self.settings.rounds)
+        size = int(candidate.settings.get("data.batch_size", self.batch_size))
+        outcome = _paired(
+            candidate,
+            Timing("baseline", seconds["baseline"]),
+            self.batch_size,
+            Timing("candidate", seconds["candidate"]),
+            size,
+        )
         if candidate.changes_numerics:
-            self._time_to_accuracy(outcome, timings["baseline"], timings["candidate"])
+            self._time_to_accuracy(
+                outcome, Timing("baseline", seconds["baseline"]), Timing("candidate", seconds["candidate"])
+            )
         return outcome
 
     def _time_to_accuracy(self, outcome: Outcome, base: Timing, timing: Timing) -> None:
         """Judge a setting that changes the numerics by the time it takes to reach the baseline's
-        held-out accuracy from the same initial weights and samples (MLPerf Training's rule), not by
+        monitored metric from the same initial weights and samples (MLPerf Training's rule), not by
         samples/s: a larger batch takes fewer, and different, optimizer steps."""
         import statistics
 
         keys = outcome.candidate.settings
         base_curve = self._curve({}, self.settings.accuracy_steps, None)
-        baseline_accuracy = base_curve[-1][1]
-        target = baseline_accuracy - self.settings.max_accuracy_drop / 100
-        base_steps = next(step for step, accuracy in base_curve if accuracy >= target)
+        if not base_curve:
+            raise ValueError(f"the module logged no {self.score.metric} in validation (set monitor=...)")
+        baseline = base_curve[-1][1]
+        target = self.score.target(baseline, self.settings.max_accuracy_drop)
+        base_steps = next(step for step, value in base_curve if self.score.better_or_equal(value, target))
         size = int(keys.get("data.batch_size", self.batch_size))
         # up to twice the baseline's samples: a larger batch may need more epochs, not unlimited ones
         cap = max(1, math.ceil(2 * self.settings.accuracy_steps * self.batch_size / size))
         curve = self._curve(keys, cap, target)
-        reached = next((step for step, accuracy in curve if accuracy >= target), None)
-        outcome.baseline_accuracy = baseline_accuracy
-        outcome.accuracy = max(accuracy for _, accuracy in curve)
+        reached = next((step for step, value in curve if self.score.better_or_equal(value, target)), None)
+        best = max if self.score.mode == "max" else min
+        outcome.baseline_accuracy = baseline
+        outcome.accuracy = best((value for _, value in curve), default=None)
+        outcome.score_mode = self.score.mode
         outcome.baseline_time_to_accuracy_s = statistics.median(base.seconds) * base_steps
         if reached is None:
             outcome.status = REJECTED
             outcome.speedup = outcome.ci_low = outcome.ci_high = None
             outcome.reason = (
-                f"never reached the baseline's held-out accuracy {target:.3f} within {cap} steps "
-                f"(twice its samples; best {outcome.accuracy:.3f})"
+                f"never reached the baseline's {self.score.metric} {target:.4g} within {cap} steps "
+                f"(twice its samples; best {outcome.accuracy})"
             )
             return
-        outcome.accuracy = next(accuracy for step, accuracy in curve if step == reached)
+        outcome.accuracy = next(value for step, value in curve if step == reached)
         outcome.time_to_accuracy_s = statistics.median(timing.seconds) * reached
         ratios = [(b * base_steps) / (c * reached) for b, c in zip(base.seconds, timing.seconds, strict=True)]
         outcome.speedup = statistics.median(ratios)
@@ -354,160 +379,167 @@ class Tuner:
         outcome.steps_to_accuracy = (base_steps, reached)
 
     def _curve(self, keys: dict[str, Any], steps: int, target: float | None) -> list[tuple[int, float]]:
-        """Held-out accuracy every few optimizer steps while training a fresh copy under ``keys`` (the
-        learning rate and warm-up they set included), stopping once ``target`` is reached."""
+        """The monitored metric every few optimizer steps while a fresh copy trains under ``keys``
+        (its learning rate and warm-up included) in a Trainer, stopping once ``target`` is reached."""
         cache_key = repr(sorted(keys.items()))
         if cache_key in self._curves:
             return self._curves[cache_key]
-        module = self._fresh_module({k: v for k, v in keys.items() if k != "optimize.compile"})
-        optimizer = _optimizer(module)
-        lr = float(keys.get("optimizer.lr", optimizer.param_groups[0]["lr"]))
-        warmup = int(keys.get("model.warmup_steps", 0))
+        module = self._fresh_module(keys)
         size = int(keys.get("data.batch_size", self.batch_size))
-        autocast = _autocast(keys.get("precision"), self.device)
-        every = max(1, steps // 12)
-        curve: list[tuple[int, float]] = []
-        with _quiet():
-            for step, batch in enumerate(self._stream(size, steps), start=1):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * min(1.0, step / (warmup + 1)) if warmup else lr
-                module.train()
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = _loss(module.training_step(_to_device(batch, self.device), step))
-                loss.backward()
-                optimizer.step()
-                if step % every == 0 or step == steps:
-                    curve.append((step, self._accuracy(module, keys.get("precision"))))
-                    if target is not None and curve[-1][1] >= target:
-                        break
-        self._curves[cache_key] = curve
-        return curve
+        lr = keys.get("optimizer.lr")
+        curve = runs.Curve(self.score, target)
+        callbacks: list[Any] = [curve, runs.LearningRate(lr, int(keys.get("model.warmup_steps", 0)))]
+        batches = runs.stream(self._sample_pool(), size, steps)
+        t = runs.trainer(
+            self.device,
+            keys.get("precision"),
+            callbacks,
+            max_epochs=1,
+            val_check_interval=max(1, steps // 12),
+        )
+        runs.fit(module, batches, self.val_batches, t)
+        self._curves[cache_key] = curve.points
+        if not keys:
+            self._trained["[]"] = module
+        return curve.points
 
-    def _stream(self, size: int, steps: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """``steps`` batches of ``size`` drawn in one fixed order from a pool of real training samples,
-        so every batch size sees the same samples in the same order."""
-        pool = self._sample_pool()
-        count = len(pool[0])
-        for step in range(steps):
-            index = torch.arange(step * size, (step + 1) * size) % count
-            yield tuple(t[index] for t in pool)
-
-    def _sample_pool(self) -> tuple[torch.Tensor, ...]:
-        """Training samples for the accuracy runs: twice the baseline run's, at most 256 MB."""
+    def _sample_pool(self) -> Any:
+        """Training samples for the accuracy runs, as one batch: twice the baseline run's, at most 256 MB."""
         if self._pool is None:
             wanted = 2 * self.settings.accuracy_steps * self.batch_size
-            first = self.train_batches[0][0]
-            limit = max(len(first), (256 << 20) // max(1, first[0].numel() * first.element_size()))
-            batches: list[tuple[torch.Tensor, ...]] = []
-            while sum(len(b[0]) for b in batches) < min(wanted, limit):
+            batches = list(self.train_batches)
+            while len(batches) * self.batch_size < wanted:
                 fresh = _take(self.datamodule.train_dataloader(), 10_000)
-                batches += [tuple(b[:2]) for b in fresh]
                 if not fresh or len(batches) > 100_000:
                     break
-            self._pool = tuple(
-                torch.cat(list(column))[: min(wanted, limit)] for column in zip(*batches, strict=True)
-            )
+                batches += fresh
+            size = sum(runs.batch_size_of(b) for b in batches)
+            leaves = [x for x in runs.tree_flatten(batches[0])[0] if isinstance(x, torch.Tensor)]
+            per_sample = sum(x[0].numel() * x.element_size() for x in leaves if x.dim() > 0) or 1
+            self._pool = runs.concat(batches, min(wanted, size, max(1, (256 << 20) // per_sample)))
         return self._pool
 
-    def _short_run(self, keys: dict[str, Any]) -> float:
-        """Held-out accuracy after ``accuracy_steps`` optimizer steps from the initial weights."""
-        cache_key = repr(sorted(keys.items()))
-        if cache_key not in self._trained:
-            module = self._fresh_module({k: v for k, v in keys.items() if k != "optimize.compile"})
-            self._train(module, self.settings.accuracy_steps, keys.get("precision"))
-            self._trained[cache_key] = module
-        return self._accuracy(self._trained[cache_key])
+    def _score(self, module: Any, precision: str | None = None) -> float:
+        metrics = runs.validate(module, self.val_batches, self.device, precision)
+        if self.score.metric not in metrics:
+            raise ValueError(
+                f"the module logged no {self.score.metric} in validation (it logged: "
+                f"{', '.join(metrics) or 'nothing'}); set monitor=... to one of them"
+            )
+        return metrics[self.score.metric]
 
-    def _train(self, module: Any, steps: int, precision: str | None) -> None:
-        optimizer = _optimizer(module)
-        autocast = _autocast(precision, self.device)
-        module.train()
-        with _quiet():
-            for index in range(steps):
-                batch = _to_device(self.train_batches[index % len(self.train_batches)], self.device)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = _loss(module.training_step(batch, index))
-                loss.backward()
-                optimizer.step()
-
-    def _accuracy(self, model: nn.Module, precision: str | None = None) -> float:
-        from perfkit.measure import accuracy
-
-        autocast = _autocast(precision, self.device)
-        with autocast(), _quiet():
-            return accuracy(model, [(x, y) for x, y, *_ in self.val_batches], self.device)
+    def _train(self, module: Any, steps: int) -> None:
+        """``steps`` more optimizer steps of ``module`` (a short fine-tune) in a Trainer."""
+        batches = runs.stream(self._sample_pool(), self.batch_size, steps)
+        runs.fit(
+            module, batches, None, runs.trainer(self.device, None, [], max_epochs=1, limit_val_batches=0)
+        )
 
     # -- inference ------------------------------------------------------------------------------
 
     def _trained_model(self) -> Any:
-        self._short_run({})
-        return self._trained[repr([])]
+        if "[]" not in self._trained:
+            self._curves.pop(repr([]), None)
+            self._curve({}, self.settings.accuracy_steps, None)
+        return self._trained["[]"]
 
-    def _inference_model(self, keys: dict[str, Any]) -> nn.Module:
+    def _network_call(self) -> Any:
+        """The network the inference candidates transform, and what it is called with (recorded
+        while the module validates, else from a training batch)."""
+        from perfkit.network import CaptureFirstCall, call_from_batch, get_network, network_path
+
+        module = self._trained_model().to(self.device).eval()
+        path = network_path(module)
+        if self._call is None:
+            capture = CaptureFirstCall(get_network(module, path))
+            try:
+                if self.val_batches:
+                    runs.validate(module, self.val_batches[:1], self.device, None)
+            finally:
+                capture.remove()
+            self._call = capture.call or call_from_batch(module, self.train_batches[0])
+            if self._call is None:
+                raise ValueError(
+                    f"no input for {type(module).__name__}'s network: no validation step to watch, no "
+                    "example_input_array, and its batches are not (inputs, ...) tuples"
+                )
+        return module, path, self._call
+
+    def _inference_model(self, keys: dict[str, Any]) -> tuple[Any, Any]:
+        """The transformed network and the module holding it (for its own validation)."""
+        from perfkit.network import get_network, with_network
         from perfkit.optim import compile, prune, quantize
 
-        model: nn.Module = copy.deepcopy(self._trained_model()).eval()
+        module, path, call = self._network_call()
+        network: Any = copy.deepcopy(get_network(module, path)).eval()
         if "prune_channels" in keys:
-            example = self._batch(1)[0].to(self.device)
-            with _quiet():
-                model = prune(model, amount=keys["prune_channels"], method="channels", example_inputs=example)
-            self._train(model, self.settings.accuracy_steps // 2, None)  # a short fine-tune
-            model.eval()
+            with runs.quiet():
+                example = call.resized(2).to(self.device).args
+                network = prune(
+                    network, amount=keys["prune_channels"], method="channels", example_inputs=example
+                )
+            holder = copy.deepcopy(with_network(module, path, network)).train()
+            self._train(holder, self.settings.accuracy_steps // 2)  # a short fine-tune
+            network = get_network(holder, path).eval()
         if "quantize" in keys:
-            with _quiet():
-                model = quantize(model.cpu(), backend=keys["quantize"])
+            with runs.quiet():
+                network = quantize(network.cpu(), backend=keys["quantize"])
         if "compile_mode" in keys:
-            model = compile(model, mode=keys["compile_mode"])
-        return model
+            network = compile(network, mode=keys["compile_mode"])
+        return network, with_network(module, path, network)
 
     def _measure_inference(self, candidate: Candidate) -> Outcome:
+        from perfkit.network import get_network
+
         keys = candidate.settings
-        baseline = copy.deepcopy(self._trained_model()).eval()
-        model = self._inference_model(keys)
+        if candidate.changes_numerics and self.no_score:
+            return Outcome(candidate, SKIPPED, f"no held-out metric to check it against: {self.no_score}")
+        module, path, call = self._network_call()
+        baseline = get_network(module, path)
+        network, holder = self._inference_model(keys)
         precision = "bf16-mixed" if keys.get("precision") == "bf16" else None
-        base_inputs = self._batch(self.batch_size)[0].to(self.device)
-        inputs = self._batch(keys.get("batch_size", self.batch_size))[0].to(self.device)
+        base_call = call.resized(self.batch_size).to(self.device)
+        device = torch.device("cpu") if "quantize" in keys else self.device
+        cand_call = call.resized(keys.get("batch_size", self.batch_size)).to(device)
 
-        def forward(net: nn.Module, x: torch.Tensor, autocast: Callable[[], Any]) -> Callable[[], None]:
-            def call() -> None:
+        def forward(net: Any, inputs: Any, autocast: Callable[[], Any]) -> Callable[[], None]:
+            def run() -> None:
                 with torch.inference_mode(), autocast():
-                    net(x)
+                    inputs.run(net)
 
-            return call
+            return run
 
-        with _quiet():
+        with runs.quiet():
             timings = time_interleaved(
                 {
-                    "baseline": forward(baseline, base_inputs, contextlib.nullcontext),
-                    "candidate": forward(model, inputs, _autocast(precision, self.device)),
+                    "baseline": forward(baseline, base_call, contextlib.nullcontext),
+                    "candidate": forward(network, cand_call, _autocast(precision, self.device)),
                 },
                 rounds=self.settings.rounds,
                 warmup=self.settings.warmup,
                 device=self.device,
             )
-        outcome = _paired(candidate, timings["baseline"], len(base_inputs), timings["candidate"], len(inputs))
+        outcome = _paired(
+            candidate, timings["baseline"], self.batch_size, timings["candidate"], cand_call.batch_size or 1
+        )
         if candidate.changes_numerics:
             # a pruned model is fine-tuned: compare it with the baseline trained the same extra steps
-            reference = self._finetuned_baseline() if "prune_channels" in keys else baseline
-            outcome.baseline_accuracy = self._accuracy(reference)
-            outcome.accuracy = self._accuracy(model, precision)
+            reference = self._finetuned_baseline() if "prune_channels" in keys else module
+            outcome.baseline_accuracy = self._score(reference)
+            outcome.accuracy = self._score(holder, precision)
+            outcome.score_mode = self.score.mode
         return outcome
 
-    def _finetuned_baseline(self) -> nn.Module:
+    def _finetuned_baseline(self) -> Any:
         if "finetuned" not in self._trained:
-            model = copy.deepcopy(self._trained_model())
-            self._train(model, self.settings.accuracy_steps // 2, None)
+            model = copy.deepcopy(self._trained_model()).train()
+            self._train(model, self.settings.accuracy_steps // 2)
             self._trained["finetuned"] = model.eval()
         return self._trained["finetuned"]
 
-    def _batch(self, size: int) -> tuple[torch.Tensor, ...]:
-        """``size`` real training samples (batches concatenated and repeated as needed)."""
-        columns = list(zip(*[b[:2] for b in self.train_batches], strict=True))
-        tensors = [torch.cat(list(column)) for column in columns]
-        repeats = -(-size // len(tensors[0]))
-        return tuple(t.repeat(repeats, *[1] * (t.dim() - 1))[:size] for t in tensors)
+    def _batch(self, size: int) -> Any:
+        """``size`` real training samples, in the data's own batch structure."""
+        return runs.concat(self.train_batches, size)
 
 
 def _paired(candidate: Candidate, base: Timing, base_size: int, timing: Timing, size: int) -> Outcome:
@@ -537,36 +569,13 @@ def _device(name: str) -> torch.device:
 
 
 def _take(loader: Any, count: int) -> list[Any]:
+    """The first ``count`` batches, as the loader gives them (any structure)."""
     batches = []
     for batch in loader:
-        batches.append(tuple(batch) if isinstance(batch, list | tuple) else (batch,))
+        batches.append(batch)
         if len(batches) >= count:
             break
     return batches
-
-
-def _to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
-
-
-def _optimizer(module: Any) -> torch.optim.Optimizer:
-    configured = module.configure_optimizers()
-    if isinstance(configured, dict):
-        configured = configured["optimizer"]
-    if isinstance(configured, list | tuple):
-        configured = configured[0]
-        if isinstance(configured, list | tuple):
-            configured = configured[0]
-    if not isinstance(configured, torch.optim.Optimizer):
-        return torch.optim.SGD(module.parameters(), lr=1e-3)
-    return configured
-
-
-def _loss(output: Any) -> torch.Tensor:
-    loss = output["loss"] if isinstance(output, dict) else output
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError("training_step must return the loss (a tensor, or a dict with 'loss')")
-    return loss
 
 
 def _autocast(precision: str | None, device: torch.device) -> Callable[[], Any]:
@@ -576,15 +585,7 @@ def _autocast(precision: str | None, device: torch.device) -> Callable[[], Any]:
     return lambda: torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """``self.log`` outside a Trainer, compile and quantization notices: expected, not actionable here."""
-    logger = logging.getLogger("lightning.pytorch.core.module")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+def _has_batch_size(datamodule: Any) -> bool:
+    """Whether a batch-size setting (``data.batch_size``) reaches this datamodule."""
+    hparams = getattr(datamodule, "hparams", {}) or {}
+    return hasattr(datamodule, "batch_size") or "batch_size" in hparams
