@@ -110,16 +110,25 @@ def fit_to_targets(
         lines += [entry.line() for entry in fitted]
     model = cfg.get("model")
     if isinstance(model, DictConfig):
-        unused = [g for g in ("optimizer", "scheduler") if cfg.get(g) is not None and g not in model]
+        raw = str(OmegaConf.to_container(model, resolve=False))
+        unused = [g for g in ("optimizer", "scheduler") if cfg.get(g) is not None and "${" + g not in raw]
         if unused and not (set(unused) & groups_named):  # a chosen one is refused by check_config
             with open_dict(cfg):
                 for group in unused:
                     cfg[group] = None
             lines.append(
-                f"model: {model.get('_target_')} builds its own optimizer in configure_optimizers: "
-                f"perfkit's {' and '.join(unused)} group(s) are not used (null in config.yaml)"
+                f"model: {model.get('_target_')} does not use perfkit's {' and '.join(unused)} group(s) (its "
+                "config has its own, or configure_optimizers builds one): null in config.yaml"
             )
     return lines
+
+
+def task_overrides() -> list[str]:
+    """The command line's overrides as typed (``${...}`` in them left unresolved)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = HydraConfig.get().overrides.task
+    return [str(o) for o in OmegaConf.to_container(task, resolve=False)]  # type: ignore[union-attr]
 
 
 def _hydra_choices(
@@ -132,7 +141,7 @@ def _hydra_choices(
         if choices is None:
             choices = dict(hydra_cfg.runtime.choices)
         if overrides is None:
-            overrides = list(hydra_cfg.overrides.task)
+            overrides = task_overrides()
     return choices or {}, overrides or []
 
 
@@ -527,7 +536,7 @@ def _check_groups_used(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if not HydraConfig.initialized() or not isinstance(model, DictConfig):
         return
-    for override in HydraConfig.get().overrides.task:
+    for override in task_overrides():
         key = override.split("=", 1)[0].lstrip("+~")
         group = key.split(".", 1)[0].split("/", 1)[0]
         if group in ("optimizer", "scheduler") and group not in model:

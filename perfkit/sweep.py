@@ -22,6 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from perfkit.config import task_overrides
 from perfkit.run import write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def record_failure(message: str, *, final: bool = False) -> None:
     if final:
         job = {
             "job": hydra_cfg.job.num,
-            "overrides": list(hydra_cfg.overrides.task),
+            "overrides": task_overrides(),
             "status": "failed",
             "error": message,
         }
