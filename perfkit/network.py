@@ -111,30 +111,3 @@ def call_from_batch(module: nn.Module, batch: Any) -> Call | None:
     if isinstance(batch, torch.Tensor):
         return Call((batch,), {})
     return None
-
-
-def output_drift(reference: Any, output: Any, *, classes: bool = False) -> dict[str, float]:
-    """How far ``output`` is from ``reference``: the largest absolute difference relative to the
-    reference's scale and, for class scores (``classes``, N x C), the share of rows whose argmax agrees."""
-    ref = _first_tensor(reference)
-    out = _first_tensor(output)
-    if ref is None or out is None or ref.shape != out.shape:
-        return {}
-    ref, out = ref.detach().float().cpu(), out.detach().float().cpu()
-    scale = float(ref.abs().max()) or 1.0
-    drift = {"max_abs_diff_relative": round(float((ref - out).abs().max()) / scale, 6)}
-    if not bool(torch.isfinite(out).all()):
-        drift["non_finite"] = 1.0
-    if classes and ref.dim() == 2 and ref.shape[1] > 1:
-        drift["argmax_agreement"] = round(float((ref.argmax(1) == out.argmax(1)).float().mean()), 4)
-    return drift
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, list | tuple):
-        return next((t for t in map(_first_tensor, value) if t is not None), None)
-    if isinstance(value, dict):
-        return next((t for t in map(_first_tensor, value.values()) if t is not None), None)
-    return None

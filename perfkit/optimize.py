@@ -202,8 +202,8 @@ def _measure_stages(
     interleaved with the original on the network's recorded inputs."""
     import torch
 
-    from perfkit.measure import speedup
-    from perfkit.network import get_network, output_drift
+    from perfkit.measure import output_drift, speedup
+    from perfkit.network import get_network
     from perfkit.optim.report import count_parameters, serialized_size
 
     call = _example_call(evaluator, stages[0][1]).resized(cfg.benchmark.batch_size).to(device)

@@ -224,7 +224,7 @@ def test_tune_runs_each_shape_through_lightning(name: str, tmp_path: Path) -> No
         timeout=400,
     )
     assert code == 0, run_failure(err)
-    outcomes = json.loads((tmp_path / "tune" / "tune.json").read_text())["outcomes"]
+    outcomes = json.loads((tmp_path / "tune" / "tune.json").read_text())["candidates"]
     assert not [o for o in outcomes if o["status"] == "failed"], outcomes
     assert [o for o in outcomes if o["status"] in ("accepted", "rejected")]
     if name == "gan":  # nothing to score: numerics-changing settings are not tried, and it says so

@@ -142,12 +142,15 @@ def prune_channels_inplace(
     model.eval()
     attention = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     attention_widths = [m.out_proj.in_features for m in attention]
+    bookkept = _head_bookkeeping(model)
+    ignored = [keep] if keep is not None else []
+    ignored += [layer for _, module in bookkept for layer in module.modules() if isinstance(layer, nn.Linear)]
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,
         importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=amount,
-        ignored_layers=[keep] if keep is not None else [],
+        ignored_layers=ignored,
         num_heads=attention,
         prune_head_dims=bool(attention),
         prune_num_heads=False,
@@ -155,8 +158,15 @@ def prune_channels_inplace(
     )
     pruner.step()
     _sync_widths(model)
+    _check_heads(bookkept)
     model.train(was_training)
     notes = ["channels and neurons removed (Torch-Pruning, L2 magnitude): the model is smaller and faster"]
+    if bookkept:
+        notes.append(
+            f"{len(bookkept)} attention module(s) that keep their own head count and size "
+            f"({', '.join(name for name, _ in bookkept[:3])}) kept at full width: narrowing them would change "
+            "what their heads compute"
+        )
     if attention:
         shrunk = sum(m.out_proj.in_features < w for m, w in zip(attention, attention_widths, strict=True))
         notes.append(
@@ -165,6 +175,40 @@ def prune_channels_inplace(
             else "attention layers unchanged: their width is tied to the residual stream"
         )
     return notes
+
+
+_HEAD_COUNTS = ("num_attention_heads", "num_heads", "n_head", "n_heads")
+
+
+def _head_bookkeeping(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Attention modules (other than torch's MultiheadAttention, which perfkit resizes itself) that
+    store their head count as an attribute and reshape by it, as Hugging Face-style self-attention does."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            continue
+        if any(isinstance(getattr(module, attr, None), int) for attr in _HEAD_COUNTS) and any(
+            isinstance(child, nn.Linear) for child in module.children()
+        ):
+            found.append((name or type(module).__name__, module))
+    return found
+
+
+def _check_heads(bookkept: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a result where heads x head size no longer matches a projection's width."""
+    for name, module in bookkept:
+        heads = next(getattr(module, a) for a in _HEAD_COUNTS if isinstance(getattr(module, a, None), int))
+        size = getattr(module, "attention_head_size", None) or getattr(module, "head_dim", None)
+        if not isinstance(size, int):
+            continue
+        projections = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
+        for child_name, child in module.named_children():
+            narrowed = isinstance(child, nn.Linear) and child.out_features != heads * size
+            if child_name in projections and narrowed:
+                raise ValueError(
+                    f"channel pruning would leave {name}.{child_name} {child.out_features} wide while {name} "
+                    f"says {heads} heads x {size}: use a mask method (method='l1_unstructured')"
+                )
 
 
 def _sync_widths(model: nn.Module) -> None:

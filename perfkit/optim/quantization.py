@@ -72,7 +72,7 @@ def quantize(
         notes.append("torch.ao dynamic int8 (x86/fbgemm kernels): for CPU inference, not training")
         if kept:
             notes.append(
-                f"{len(kept)} Linear layer(s) of nn.Transformer*Layer kept in fp32: torch's fused fast path "
+                f"{len(kept)} Linear layer(s) of nn.TransformerEncoderLayer kept in fp32: torch's fused fast path "
                 "reads their float weights"
             )
     else:
@@ -81,6 +81,10 @@ def quantize(
 
     if example_inputs is not None:
         check_example_inputs(quantized, example_inputs, f"perfkit.quantize({scheme})")
+        drift = _drift(source, quantized, example_inputs)
+        if drift:
+            warnings.warn(f"quantize({scheme}): {drift}", stacklevel=2)
+            notes.append(drift)
     changed = replaced_layers(source, quantized)
     if not changed and chosen == "torch_ao" and "nothing to quantize" not in notes[0]:
         warnings.warn(
@@ -97,8 +101,9 @@ def _choose_backend(backend: str) -> str:
 
 
 def _transformer_feed_forward(model: nn.Module) -> set[str]:
-    """Names of the Linear layers inside torch's Transformer layers."""
-    layers = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    """Names of the Linear layers inside torch's Transformer encoder layers: their fused fast path
+    reads the float weights. Decoder layers have no fast path: their Linears are quantized."""
+    layers = (nn.TransformerEncoderLayer,)
     return {
         f"{name}.{child}" if name else child
         for name, module in model.named_modules()
@@ -139,3 +144,27 @@ def _torchao_dynamic(model: nn.Module) -> nn.Module:
         raise ValueError("backend='torchao' needs the torchao package: pip install torchao") from None
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model
+
+
+def _drift(source: nn.Module, quantized: nn.Module, example_inputs: Any) -> str:
+    """Why the quantized outputs cannot be trusted on ``example_inputs`` (NaN, collapsed to zeros,
+    or far from the float model's), or ""."""
+    from perfkit.measure import output_drift
+
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with torch.inference_mode():
+        reference, output = source.eval()(*args), quantized(*args)
+    drift = output_drift(reference, output)
+    out = output[0] if isinstance(output, tuple | list) else output
+    ref = reference[0] if isinstance(reference, tuple | list) else reference
+    if drift.get("non_finite"):
+        return "its outputs hold NaN or inf on example_inputs: do not use it"
+    tensors = isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor)
+    if tensors and not bool(out.any()) and bool(ref.any()):
+        return "its outputs are all zeros on example_inputs where the float model's are not: do not use it"
+    if drift.get("max_abs_diff_relative", 0.0) > 0.2:
+        return (
+            f"its outputs drift from the float model's by up to {drift['max_abs_diff_relative']:.0%} of their "
+            "range on example_inputs: check its accuracy before using it"
+        )
+    return ""
