@@ -112,10 +112,16 @@ def decide(outcome: Outcome, max_accuracy_drop: float) -> Outcome:
         outcome.status, outcome.reason = REJECTED, f"{interval}, but accuracy could not be checked"
     elif outcome.candidate.changes_numerics and outcome.accuracy_drop_points > max_accuracy_drop:  # type: ignore[operator]
         outcome.status = REJECTED
-        outcome.reason = (
-            f"{interval}, but held-out accuracy drops {outcome.accuracy_drop_points:.1f} points "
-            f"(tolerance {max_accuracy_drop:g})"
-        )
+        if outcome.score_mode == "min":  # a loss: percent of the baseline's
+            outcome.reason = (
+                f"{interval}, but the held-out metric is {outcome.accuracy_drop_points:.1f}% worse "
+                f"(tolerance {max_accuracy_drop:g}%)"
+            )
+        else:
+            outcome.reason = (
+                f"{interval}, but held-out accuracy drops {outcome.accuracy_drop_points:.1f} points "
+                f"(tolerance {max_accuracy_drop:g})"
+            )
     else:
         outcome.status, outcome.reason = ACCEPTED, f"faster: {interval}"
     return outcome

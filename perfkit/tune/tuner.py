@@ -431,9 +431,10 @@ class Tuner:
     def _train(self, module: Any, steps: int) -> None:
         """``steps`` more optimizer steps of ``module`` (a short fine-tune) in a Trainer."""
         batches = runs.stream(self._sample_pool(), self.batch_size, steps)
-        runs.fit(
-            module, batches, None, runs.trainer(self.device, None, [], max_epochs=1, limit_val_batches=0)
-        )
+        # one validation batch: an epoch-end scheduler (ReduceLROnPlateau) may read a validation metric
+        limit = 1 if self.val_batches else 0
+        t = runs.trainer(self.device, None, [], max_epochs=1, limit_val_batches=limit)
+        runs.fit(module, batches, self.val_batches[:1] or None, t)
 
     # -- inference ------------------------------------------------------------------------------
 
