@@ -181,7 +181,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_optimize_scores_each_shape_with_its_own_steps(
     name: str, trained: dict[str, Path], tmp_path: Path
 ) -> None:
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         f"ckpt_path={trained[name]}",
         "prune.amount=0.3",
         "prune.finetune_epochs=1",

@@ -81,10 +81,7 @@ def quantize(
 
     if example_inputs is not None:
         check_example_inputs(quantized, example_inputs, f"perfkit.quantize({scheme})")
-        drift = _drift(source, quantized, example_inputs)
-        if drift:
-            warnings.warn(f"quantize({scheme}): {drift}", stacklevel=2)
-            notes.append(drift)
+        notes += _warn_drift(scheme, source, quantized, example_inputs)
     changed = replaced_layers(source, quantized)
     if not changed and chosen == "torch_ao" and "nothing to quantize" not in notes[0]:
         warnings.warn(
@@ -144,6 +141,13 @@ def _torchao_dynamic(model: nn.Module) -> nn.Module:
         raise ValueError("backend='torchao' needs the torchao package: pip install torchao") from None
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model
+
+
+def _warn_drift(scheme: str, source: nn.Module, quantized: nn.Module, example_inputs: Any) -> list[str]:
+    drift = _drift(source, quantized, example_inputs)
+    if drift:
+        warnings.warn(f"quantize({scheme}): {drift}", stacklevel=3)
+    return [drift] if drift else []
 
 
 def _drift(source: nn.Module, quantized: nn.Module, example_inputs: Any) -> str:
