@@ -50,9 +50,26 @@ def command(
 
         _command_started[:] = [process_start_time()]
         check_output_dir_overrides(program)
+        _drop_stray_ranks(program)
         hydra_main()
 
     return main
+
+
+def _drop_stray_ranks(program: str) -> None:
+    """A ``RANK=1`` left in the environment, with no launcher around, would make Lightning (which reads
+    it when imported) log as rank 1 and perfkit believe it is a DDP child: say so, and drop it."""
+    from perfkit.run import RANK_VARIABLES, stray_rank_variables
+
+    stray = stray_rank_variables()
+    if stray:
+        print(
+            f"{program}: note: {', '.join(stray)} is set, but no launcher (torchrun, SLURM, Lightning) "
+            "started this process: ignoring it (this process is rank 0 of its own job)",
+            file=sys.stderr,
+        )
+        for name in RANK_VARIABLES:
+            os.environ.pop(name, None)
 
 
 def run_program(main: Callable[[], None]) -> None:

@@ -427,7 +427,25 @@ def _check_run_options(cfg: DictConfig) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed!r} is not valid: use an integer in 0..4294967295")
     _check_trainer_numbers(cfg.get("trainer"))
+    _check_splits(cfg.get("data"))
     _check_int_range(cfg, "")
+
+
+def _check_splits(data: Any) -> None:
+    """An empty validation or test split of perfkit's datamodules: nothing to choose the best
+    checkpoint by, or to report a held-out result on."""
+    if not isinstance(data, DictConfig):
+        return
+    purpose = {
+        "val_fraction": "the best checkpoint and monitor follow it",
+        "test_fraction": "the run's result",
+    }
+    for key, why in purpose.items():
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+            raise ConfigError(
+                f"data.{key}=0 leaves an empty {key.split('_')[0]} split ({why}): use a fraction in (0, 1)"
+            )
 
 
 # Trainer settings Lightning accepts without a word (or fails on deep inside fit, e.g. a
@@ -446,6 +464,7 @@ _TRAINER_MINIMUM = {
 def _check_trainer_numbers(trainer: Any) -> None:
     if not isinstance(trainer, DictConfig):
         return
+    _check_something_trains(trainer)
     for key, minimum in _TRAINER_MINIMUM.items():
         value = trainer.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < minimum:
@@ -456,6 +475,27 @@ def _check_trainer_numbers(trainer: Any) -> None:
             f"trainer.val_check_interval={interval!r} is not valid: use a fraction of an epoch in (0, 1], "
             "a number of batches >= 1, or null"
         )
+
+
+def _check_something_trains(trainer: DictConfig) -> None:
+    """Refuse a run that would train nothing (and report the random model's accuracy as a result), or
+    whose limits contradict each other (Lightning would quietly obey one)."""
+    nothing = {"max_epochs": 0, "max_steps": 0, "limit_train_batches": 0}
+    for key, value in nothing.items():
+        given = trainer.get(key)
+        if isinstance(given, int | float) and not isinstance(given, bool) and given == value:
+            raise ConfigError(
+                f"trainer.{key}={given} trains nothing, and the run would report an untrained model: use a "
+                "positive value (trainer.limit_train_batches takes a fraction or a number of batches)"
+            )
+    for low, high in (("min_epochs", "max_epochs"), ("min_steps", "max_steps")):
+        least, most = trainer.get(low), trainer.get(high)
+        numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (least, most))
+        if numbers and most >= 0 and least > most:
+            raise ConfigError(
+                f"trainer.{low}={least} and trainer.{high}={most} contradict each other: Lightning would stop "
+                f"at {high}; lower {low} or raise {high}"
+            )
 
 
 def _check_int_range(node: Any, prefix: str) -> None:
@@ -679,8 +719,16 @@ def check_output_dir_overrides(program: str, argv: list[str] | None = None) -> N
     Hydra creates it before any perfkit code runs and would answer with a traceback."""
     for argument in sys.argv[1:] if argv is None else argv:
         key, _, value = argument.partition("=")
-        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
             continue
+        if not value.strip():
+            # an unset shell variable (hydra.run.dir=$RUN): Hydra would write into the current directory
+            print(
+                f"{program}: error: {key}= is empty (an unset shell variable?): give a directory, or leave "
+                f"{key} out for a new one under outputs/",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         path = Path(value).expanduser().absolute()
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

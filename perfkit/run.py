@@ -17,13 +17,47 @@ from perfkit.errors import ConfigError
 _PRECIOUS = ("metrics.json",)
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+
+
 def is_launching_process() -> bool:
-    """True in the process a user started, False in DDP children (Lightning's launcher, torchrun, SLURM)."""
-    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        value = os.environ.get(variable)
-        if value not in (None, "", "0"):
+    """True in the process a user started, False in DDP children (Lightning's launcher, torchrun, SLURM).
+
+    A child is recognised by its launcher's variables together, never by a lone ``RANK``: one left in
+    the environment from torchrun debugging or a Kubernetes pod must not switch off the run-directory
+    guard (a child skips it: its launching process holds the reservation)."""
+    return not launched_by()
+
+
+def launched_by() -> str | None:
+    """The launcher that started this process as a non-zero rank, or None."""
+    env = os.environ
+
+    def nonzero(name: str) -> bool:
+        return env.get(name) not in (None, "", "0")
+
+    def several(name: str) -> bool:
+        try:
+            return int(env.get(name, "1")) > 1
+        except ValueError:
             return False
-    return True
+
+    if "TORCHELASTIC_RUN_ID" in env and (nonzero("RANK") or nonzero("LOCAL_RANK")):
+        return "torchrun"
+    if nonzero("SLURM_PROCID") and several("SLURM_NTASKS"):
+        return "SLURM"
+    if nonzero("LOCAL_RANK") and several("WORLD_SIZE") and "MASTER_PORT" in env:
+        return "Lightning"
+    return None
+
+
+def stray_rank_variables() -> list[str]:
+    """Rank variables set to a non-zero value in a process no launcher started."""
+    if launched_by():
+        return []
+    return [
+        f"{name}={os.environ[name]}" for name in RANK_VARIABLES if os.environ.get(name) not in (None, "", "0")
+    ]
 
 
 def guard_run_dir(run_dir: Path, precious: tuple[str, ...] = _PRECIOUS, *, resume: bool = False) -> None:

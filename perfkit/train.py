@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from perfkit.cli import command, run_program, take_command_start
-from perfkit.config import check_config, fit_to_targets, instantiate_all
+from perfkit.config import ConfigError, check_config, fit_to_targets, instantiate_all
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ def _train(
     trainer, speed, optimizations = build_trainer(cfg, model, launched_at=launched_at, datamodule=datamodule)
     _record_config(cfg, trainer, run_dir, resume_from)
 
-    trainer.fit(
-        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=_restore_mode(model, datamodule)
-    )
+    _fit(trainer, model, datamodule, ckpt_path, cfg)
     # under ddp_spawn fit ran in worker processes: fetch their measurements before validate resets them
     for callback in trainer.callbacks:
         collect = getattr(callback, "collect", None)
@@ -110,6 +108,19 @@ def _train(
     reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
     return metrics
+
+
+def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, cfg: DictConfig) -> None:
+    try:
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=_restore_mode(model, datamodule)
+        )
+    except ValueError as error:
+        if "`val_check_interval`" not in str(error):
+            raise
+        # Lightning checks it against the loader's length only once fit has started
+        interval = cfg.trainer.get("val_check_interval")
+        raise ConfigError(f"trainer.val_check_interval={interval}: {' '.join(str(error).split())}") from None
 
 
 def _restore_mode(model: Any, datamodule: Any) -> bool | None:

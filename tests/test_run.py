@@ -88,3 +88,43 @@ def test_an_interrupted_run_is_refused_unless_resumed(tmp_path: Path) -> None:
     ):
         guard_run_dir(tmp_path, resume=True)
     assert resume_checkpoint(tmp_path / "fresh") is None
+
+
+@pytest.mark.parametrize(
+    ("env", "launcher"),
+    [
+        ({"RANK": "1"}, None),  # left over from torchrun debugging
+        ({"LOCAL_RANK": "1"}, None),  # or set in a Kubernetes pod
+        ({"RANK": "1", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2"}, "torchrun"),
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, "SLURM"),
+        ({"LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29500"}, "Lightning"),
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "1"}, None),
+    ],
+)
+def test_a_lone_rank_variable_is_not_a_launched_child(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], launcher: str | None
+) -> None:
+    from perfkit.run import is_launching_process, launched_by, stray_rank_variables
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launched_by() == launcher
+    assert is_launching_process() == (launcher is None)
+    assert bool(stray_rank_variables()) == (launcher is None)
+
+
+@pytest.mark.slow
+def test_a_stray_rank_never_lets_a_run_overwrite_a_finished_one(tmp_path: Path) -> None:
+    from tests.conftest import run_cli, run_failure
+
+    args = ("debug=fast", "logger=none", "accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    code, _, err = run_cli(*args, cwd=tmp_path, extra_env={"RANK": "1"})
+    assert code == 0, run_failure(err)
+    assert "RANK=1 is set, but no launcher" in err
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    code, _, err = run_cli(*args, cwd=tmp_path, extra_env={"RANK": "1", "LOCAL_RANK": "1"})
+    assert code == 2 and "already holds an earlier run (metrics.json)" in err.strip().splitlines()[-1]
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -202,3 +202,43 @@ def test_wandb_logs_offline_without_key_or_network(
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(offline_run.glob("run-*.wandb"))
     assert "Traceback" not in (run_dir / "wandb" / "debug.log").read_text()
+
+
+# Degenerate runs: refused before anything trains, in one line (issue 28)
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+        (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains nothing"),
+        (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 trains nothing"),
+        (
+            ["+trainer.min_epochs=5", "trainer.max_epochs=2"],
+            "trainer.min_epochs=5 and trainer.max_epochs=2 contradict",
+        ),
+        (["data.val_fraction=0"], "data.val_fraction=0 leaves an empty val split"),
+        (["data.test_fraction=0"], "data.test_fraction=0 leaves an empty test split"),
+        (["data.eval_batch_size=-1"], "data: eval_batch_size must be >= 1"),
+        (["model.label_smoothing=2.0"], "model: label_smoothing must be in [0, 1], got 2.0"),
+        (["hydra.run.dir="], "hydra.run.dir= is empty (an unset shell variable?)"),
+        (
+            ["trainer.val_check_interval=1000", "debug=fast"],
+            "trainer.val_check_interval=1000: `val_check_interval` (1000)",
+        ),
+    ],
+)
+def test_degenerate_runs_are_refused_in_one_line(cli, args: list[str], expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    extra = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path / 'r'}"]
+    code, err = cli(*args, *extra, "logger=none", "accelerator=cpu")
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert expected in line and "Traceback" not in err, line
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_true_precisions_train(cli, precision: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, err = cli(f"precision={precision}", "debug=fast", "logger=none", "accelerator=cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["precision"] == precision

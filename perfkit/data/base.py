@@ -78,6 +78,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 (or null: batch_size), got {eval_batch_size}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must each be in [0, 1) "

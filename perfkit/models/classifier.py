@@ -49,6 +49,8 @@ class ImageClassifier(LeanHooks, L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.warmup_steps = warmup_steps
@@ -65,6 +67,20 @@ class ImageClassifier(LeanHooks, L.LightningModule):
         # buffers with rank 0's on every forward.
         self.train_acc, self.train_loss = MeanMetric(), MeanMetric()
         self._reset_training_sums(torch.device("cpu"))
+
+    @property
+    def example_input_array(self) -> Any:
+        """Zeros of the input's shape, in the weights' dtype: under ``precision=64-true`` or
+        ``bf16-true`` Lightning's model summary runs the forward on it without converting it."""
+        example = self._example_input_array
+        weight = next(self.parameters(), None)
+        if isinstance(example, torch.Tensor) and weight is not None and weight.is_floating_point():
+            return example.to(weight.dtype)
+        return example
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
