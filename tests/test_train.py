@@ -213,7 +213,7 @@ def test_wandb_logs_offline_without_key_or_network(
         (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains nothing"),
         (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 trains nothing"),
         (
-            ["+trainer.min_epochs=5", "trainer.max_epochs=2"],
+            ["trainer.min_epochs=5", "trainer.max_epochs=2"],
             "trainer.min_epochs=5 and trainer.max_epochs=2 contradict",
         ),
         (["data.val_fraction=0"], "data.val_fraction=0 leaves an empty val split"),
