@@ -123,6 +123,23 @@ class TrainingSpeed(L.Callback):
         }
 
 
+class RandomStates(L.Callback):
+    """Every checkpoint carries the random generators' states, and resuming restores them
+    (:class:`perfkit.checkpoint.RandomState`): a resumed run draws the same dropout masks and
+    shuffles as the run it continues."""
+
+    def state_dict(self) -> dict[str, Any]:
+        from perfkit.checkpoint import RandomState
+
+        return {"rng": RandomState.capture()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        from perfkit.checkpoint import RandomState
+
+        if "rng" in state_dict:
+            RandomState.restore(state_dict["rng"])
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: every later step would only spread it."""
 

@@ -102,3 +102,43 @@ def weights_only_for(*modules: Any) -> bool | None:
     (torch's safe default) unless their hyper-parameters hold objects, then False (the run wrote or
     was pointed at that checkpoint; it is loaded as Lightning's own ``load_from_checkpoint`` would)."""
     return False if holds_objects(*modules) else None
+
+
+class RandomState:
+    """Lightning callback state: every random generator's state (torch CPU and CUDA, numpy, Python),
+    saved in each checkpoint and restored on resume, so a resumed run continues the same random
+    stream (dropout masks, shuffling) as the uninterrupted one. Plain types only (lists of ints and
+    tensors), so the checkpoint still loads with ``weights_only=True``."""
+
+    @staticmethod
+    def capture() -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        version, internal, gauss = random.getstate()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [str(name), [int(k) for k in keys], int(position), int(has_gauss), float(cached)],
+            "python": [int(version), list(internal), gauss],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def restore(state: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        name, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

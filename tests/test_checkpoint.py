@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,3 +38,32 @@ def test_a_matching_checkpoint_is_read_and_fits(tmp_path: Path) -> None:
     checkpoint = read_checkpoint(path, "ckpt_path")
     check_fits(checkpoint, model, "ckpt_path", path)  # no error
     assert set(checkpoint["state_dict"]) == {"weight", "bias"}
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_random_stream(compose_train: Any, tmp_path: Path) -> None:
+    """With dropout, resuming from last.ckpt ends with the uninterrupted run's weights exactly: every
+    checkpoint carries the random generators' states (issue 28)."""
+    import torch
+
+    from perfkit.train import train
+
+    common = [
+        "accelerator=cpu",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "experiment=digits_mlp",
+        "trainer.limit_train_batches=6",
+        "model.net.dropout=0.5",
+    ]
+
+    def weights(name: str, *extra: str) -> dict[str, Any]:
+        train(compose_train(*common, *extra, output_dir=tmp_path / name))
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+    full = weights("full", "trainer.max_epochs=3")
+    weights("first", "trainer.max_epochs=1")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = weights("resumed", "trainer.max_epochs=3", f"ckpt_path={last}")
+    for name, value in full.items():
+        assert torch.equal(value, resumed[name]), name
