@@ -140,6 +140,18 @@ class RandomStates(L.Callback):
             RandomState.restore(state_dict["rng"])
 
 
+class InterruptWatch(L.Callback):
+    """Notes a Ctrl-C (:class:`perfkit.errors.Interrupted`) before Lightning exits with status 1."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        from perfkit.errors import Interrupted
+
+        if isinstance(exception, KeyboardInterrupt):
+            Interrupted.seen = True
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: every later step would only spread it."""
 

@@ -127,9 +127,13 @@ def run_task(
             print(f"{program}: {_interrupted_note(Path(cfg.paths.output_dir))}", file=sys.stderr)
         sys.exit(143)
     except KeyboardInterrupt:
-        if is_launching_process():
-            print(f"{program}: interrupted; what finished is in {cfg.paths.output_dir}", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(program, cfg)
+    except SystemExit as exit_:
+        from perfkit.errors import Interrupted
+
+        if exit_.code == 1 and Interrupted.seen:  # Lightning's exit after a Ctrl-C inside fit
+            _interrupted(program, cfg)
+        raise
     except DivergedError as error:
         if is_launching_process():  # every rank stopped together: one line, from the launching one
             print(f"{program}: error: {error}", file=sys.stderr)
@@ -141,6 +145,14 @@ def run_task(
         if _report_failure(program, error):
             return math.nan
         raise
+
+
+def _interrupted(program: str, cfg: DictConfig) -> None:
+    from perfkit.run import is_launching_process
+
+    if is_launching_process():
+        print(f"{program}: interrupted; what finished is in {cfg.paths.output_dir}", file=sys.stderr)
+    sys.exit(130)
 
 
 def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exception], ...]) -> Any:

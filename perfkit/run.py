@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import os
 import platform
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # files whose presence means the directory already holds an earlier run's results
 _PRECIOUS = ("metrics.json",)
@@ -83,9 +86,20 @@ def guard_run_dir(run_dir: Path, precious: tuple[str, ...] = _PRECIOUS, *, resum
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint an interrupted run in ``run_dir`` continues from (the end of its latest epoch)."""
+    """The checkpoint an interrupted run in ``run_dir`` continues from (the end of its latest epoch);
+    None, said in the log, when the run never finished an epoch. Other checkpoints without
+    ``last.ckpt`` are refused: continuing from one of them is a choice (``ckpt_path=``), not a resume."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    return last if last.is_file() else None
+    if last.is_file():
+        return last
+    others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if others:
+        raise ConfigError(
+            f"resume=auto: {last.parent} has no last.ckpt (only {', '.join(others)}), so the run cannot continue "
+            f"where it stopped; give the checkpoint to start from with ckpt_path=... and a new hydra.run.dir"
+        )
+    log.info("resume=auto: %s has no checkpoint yet: starting the run from the beginning", run_dir)
+    return None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -159,7 +159,13 @@ def build_trainer(
     from hydra.utils import instantiate
 
     from perfkit import distributed
-    from perfkit.callbacks import DivergenceCheck, RandomStates, TrainingSpeed, add_progress_bar
+    from perfkit.callbacks import (
+        DivergenceCheck,
+        InterruptWatch,
+        RandomStates,
+        TrainingSpeed,
+        add_progress_bar,
+    )
     from perfkit.monitoring import TrainingMonitor, missing_stage
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.overhead import QuietProfiler, skip_gpu_probe_without_gpus
@@ -177,6 +183,7 @@ def build_trainer(
         speed,
         DivergenceCheck(),
         RandomStates(),
+        InterruptWatch(),
     ]
     add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None

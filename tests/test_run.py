@@ -128,3 +128,41 @@ def test_a_stray_rank_never_lets_a_run_overwrite_a_finished_one(tmp_path: Path) 
     assert code == 2 and "already holds an earlier run (metrics.json)" in err.strip().splitlines()[-1]
     assert (tmp_path / "run" / "metrics.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_resume_without_last_checkpoint_is_refused_not_restarted(tmp_path: Path) -> None:
+    from perfkit.run import resume_checkpoint
+
+    assert resume_checkpoint(tmp_path) is None  # nothing yet: a fresh start, said in the log
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    with pytest.raises(
+        ConfigError, match=r"has no last\.ckpt \(only best\.ckpt\), so the run cannot continue"
+    ):
+        resume_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_exits_130_and_says_so(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perfkit.train", "logger=none", "trainer.max_epochs=50", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": root},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert (
+        err.strip().splitlines()[-1] == f"perfkit.train: interrupted; what finished is in {tmp_path / 'run'}"
+    )
+    assert last.exists() and not (tmp_path / "run" / "metrics.json").exists()
