@@ -83,7 +83,8 @@ def _train(
         if callable(collect):
             collect(trainer)
     # with pruning, the best checkpoint may predate it: evaluate the final (pruned, fine-tuned) weights
-    result = evaluate(trainer, model, datamodule, final_weights=optimizations.prunes)
+    pruned = _pruned(trainer, optimizations)
+    result = evaluate(trainer, model, datamodule, final_weights=bool(pruned))
 
     epochs, optimizer_steps = speed.progress or (trainer.current_epoch, trainer.global_step)
     metrics = RunMetrics(
@@ -95,7 +96,7 @@ def _train(
         **_setup_description(trainer, model, datamodule, cfg.seed),
         best_checkpoint=_relative_to(result.best_checkpoint, run_dir) if result.best_checkpoint else None,
         evaluated=result.evaluated,
-        optimize={**optimizations.summary(model), **_compile_summary(trainer)},
+        optimize={**optimizations.summary(model, pruned), **_compile_summary(trainer)},
         resumed_from=_relative_to(str(resume_from), run_dir) if resume_from else None,
         wall_time_s=round(time.perf_counter() - started, 3),
         profile=_profile_summary(run_dir) if trainer.is_global_zero else None,
@@ -108,6 +109,19 @@ def _train(
     reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
     return metrics
+
+
+def _pruned(trainer: Any, optimizations: Any) -> bool | None:
+    """Whether pruning happened (None: none was asked for); the run says so when it never did."""
+    from perfkit.optim.training import pruning_applied
+
+    pruned = pruning_applied(trainer)
+    if pruned is False and trainer.is_global_zero:
+        log.warning(
+            "optimize.prune.at_epoch=%s was never reached: nothing was pruned; the best checkpoint is evaluated",
+            optimizations.prune_at_epoch,
+        )
+    return pruned
 
 
 def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, cfg: DictConfig) -> None:

@@ -60,7 +60,7 @@ class TrainingOptimizations:
         }
         return cls.from_config(OmegaConf.create({**values, "prune": prune}))
 
-    def summary(self, model: nn.Module) -> dict[str, Any]:
+    def summary(self, model: nn.Module, applied: bool | None = True) -> dict[str, Any]:
         """What was applied, for metrics.json (after training: the model as it ended up)."""
         from perfkit.optim.report import weight_sparsity
 
@@ -72,8 +72,14 @@ class TrainingOptimizations:
                 "amount": self.prune_amount,
                 "method": self.prune_method,
                 "at_epoch": self.prune_at_epoch,
+                "applied": bool(applied),
                 "weight_sparsity": round(weight_sparsity(model), 4),
             }
+            if not applied:
+                summary["prune"]["why_not"] = (
+                    f"training ended before epoch {self.prune_at_epoch} started (trainer.max_steps, early "
+                    "stopping or max_time): nothing was pruned"
+                )
         return summary
 
     def check_trainer(self, trainer: L.Trainer) -> None:
@@ -283,6 +289,13 @@ def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[An
     )
 
 
+def pruning_applied(trainer: L.Trainer) -> bool | None:
+    """Whether the run's pruning callback pruned (None: the run prunes nothing). ``at_epoch`` may
+    never come when ``trainer.max_steps`` or early stopping ends the run first."""
+    pruners = [c for c in trainer.callbacks if isinstance(c, PruneChannels | _PruneOnceAtEpoch)]  # type: ignore[attr-defined]
+    return any(p.pruned for p in pruners) if pruners else None
+
+
 def check_world_size(at_epoch: int, world_size: int) -> None:
     """Channel pruning after training started rebuilds the optimizer, which DDP cannot follow."""
     from perfkit.errors import ConfigError
@@ -322,3 +335,6 @@ class _PruneOnceAtEpoch(ModelPruning):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.at_epoch:
             self.apply_pruning(self.pruning_amount)
+            self.pruned = True
+
+    pruned = False
