@@ -61,7 +61,7 @@ def record_failure(message: str, *, final: bool = False) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / ".failure.json", {"error": message})
-    if final:
+    if final and _status(output_dir) != "done":  # a finished job's record is never rewritten
         job = {
             "job": hydra_cfg.job.num,
             "overrides": task_overrides(),
@@ -70,6 +70,11 @@ def record_failure(message: str, *, final: bool = False) -> None:
         }
         write_json(output_dir / JOB_FILE, job)
         write_summary(Path(hydra_cfg.sweep.dir))
+
+
+def _status(job_dir: Path) -> str | None:
+    job = _read_json(job_dir / JOB_FILE)
+    return job.get("status") if job else None
 
 
 class SweepSummary(Callback):
@@ -104,6 +109,18 @@ class SweepSummary(Callback):
         )
         write_summary(Path(hydra_cfg.sweep.dir))
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # before any job: a job refused later would already have rewritten the old sweep's summary
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        finished = finished_sweep(sweep_dir)
+        if finished:
+            print(
+                f"perfkit: error: {sweep_dir} already holds a sweep ({finished}); perfkit never overwrites one: "
+                "choose a new directory with hydra.sweep.dir=... or remove the old sweep",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
@@ -118,6 +135,17 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(1)
+
+
+def finished_sweep(sweep_dir: Path) -> str | None:
+    """What in ``sweep_dir`` shows an earlier sweep ran there (its summary, a job's record or results)."""
+    if (sweep_dir / "summary.csv").exists():
+        return "summary.csv"
+    for pattern in (f"*/{JOB_FILE}", "*/metrics.json", "*/checkpoints/*.ckpt"):
+        found = next(iter(sorted(sweep_dir.glob(pattern))), None)
+        if found is not None:
+            return str(found.relative_to(sweep_dir))
+    return None
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -186,3 +186,30 @@ def test_the_optuna_direction_follows_monitor_mode() -> None:
             "train", ["hparams_search=optuna", "monitor=val/loss", f"monitor_mode={mode}"], with_hydra=True
         )
         assert OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)["direction"] == direction  # type: ignore[index]
+
+
+def test_a_sweep_directory_is_reserved_like_a_run_directory(tmp_path: Path) -> None:
+    """Two sweeps started in the same second get two directories (-2), as runs do."""
+    import perfkit.config
+    from perfkit.config import compose_config
+
+    made = []
+    for _ in range(2):
+        perfkit.config._fresh_dirs.clear()  # a second process: nothing cached
+        cfg = compose_config("train", [f"paths.log_dir={tmp_path}"], with_hydra=True)
+        made.append(str(cfg.hydra.sweep.dir))
+    perfkit.config._fresh_dirs.clear()
+    assert made[0] != made[1] and all(Path(d).is_dir() for d in made)  # -2 within one second
+    assert all(Path(d).parent == tmp_path / "train" / "multiruns" for d in made)
+
+
+def test_a_finished_sweep_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    _job(tmp_path / "sweep", 0, ["optimizer.lr=0.01"], metrics={"val": {"acc": 0.9}})
+    write_summary(tmp_path / "sweep")
+    before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
+    code, _, err = run_cli(
+        "-m", *FAST, "logger=none", "optimizer.lr=0.01,0.02", "hydra.sweep.dir=sweep", cwd=tmp_path
+    )
+    assert code == 2 and "already holds a sweep (summary.csv)" in err and "Traceback" not in err
+    after = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
+    assert after == before
