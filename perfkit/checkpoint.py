@@ -142,3 +142,32 @@ class RandomState:
         random.setstate((version, tuple(internal), gauss))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_io() -> Any:
+    """Lightning's checkpoint writer, with the checkpoint's path on a failed write (a full disk):
+    Lightning's error names neither the file nor the cause's errno."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class NamedCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            try:
+                super().save_checkpoint(checkpoint, path, storage_options)
+            except OSError as error:
+                # Lightning writes to a temporary file and renames it: the previous checkpoint survives
+                raise OSError(error.errno, error.strerror, str(path)) from error
+
+    return NamedCheckpointIO()
+
+
+def save_atomically(value: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then renamed: a full disk never leaves half a file at ``path``."""
+    import torch
+
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(value, temporary)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    temporary.replace(path)

@@ -29,6 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
+from perfkit.errors import storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,12 @@ def run_task(
                 return math.nan
         sys.exit(1)
     except Exception as error:
+        if (fault := storage_fault(error)) is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"{program}: error: {fault}", file=sys.stderr)
+            if in_sweep() and is_launching_process():
+                record_failure(fault)
+                return math.nan
+            sys.exit(1)
         if _report_failure(program, error):
             return math.nan
         raise

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit.checkpoint import save_atomically
 from perfkit.cli import command, run_program
 from perfkit.config import ConfigError, check_required, typed_root
 from perfkit.schemas import PostTraining
@@ -58,7 +59,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     rows, call = _measure_stages(stages, evaluator, cfg, device)
 
     final = get_network(stages[-1][1], path)
-    torch.save(final, output_dir / "optimized.pt")
+    save_atomically(final, output_dir / "optimized.pt")
     result = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "module": type(model).__name__,

@@ -109,7 +109,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """
     temporary = path.with_name(f".{path.name}.tmp")
     text = json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False)
-    temporary.write_text(text + "\n")
+    try:
+        temporary.write_text(text + "\n")
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     temporary.replace(path)
 
 

@@ -180,6 +180,7 @@ def build_trainer(
         TrainingSpeed,
         add_progress_bar,
     )
+    from perfkit.checkpoint import checkpoint_io
     from perfkit.monitoring import TrainingMonitor, missing_stage
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.overhead import QuietProfiler, skip_gpu_probe_without_gpus
@@ -210,6 +211,7 @@ def build_trainer(
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger"), instantiate) or False,
         profiler=QuietProfiler() if profiler is None or isinstance(profiler, L.Callback) else profiler,
+        plugins=[checkpoint_io()],
         _convert_="all",
     )
     distributed.remember_trainer(trainer)

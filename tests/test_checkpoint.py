@@ -67,3 +67,48 @@ def test_a_resumed_run_continues_the_same_random_stream(compose_train: Any, tmp_
     resumed = weights("resumed", "trainer.max_epochs=3", f"ckpt_path={last}")
     for name, value in full.items():
         assert torch.equal(value, resumed[name]), name
+
+
+_FULL_DISK = """
+import resource, signal, sys, torch
+from perfkit.checkpoint import checkpoint_io
+from perfkit.errors import storage_fault
+io = checkpoint_io()
+path = sys.argv[1] + "/last.ckpt"
+io.save_checkpoint({"w": torch.zeros(100)}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    io.save_checkpoint({"w": torch.zeros(100_000)}, path)
+except OSError as error:
+    print(storage_fault(error))
+"""
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_file_and_keeps_the_previous_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"cannot write {tmp_path / 'last.ckpt'}: File too large; files written before are intact"
+        in done.stdout
+    )
+    assert torch.load(tmp_path / "last.ckpt")["w"].shape == (100,)
+
+
+def test_only_storage_faults_get_the_storage_line() -> None:
+    import errno
+
+    from perfkit.errors import storage_fault
+
+    assert "No space left" in (
+        storage_fault(OSError(errno.ENOSPC, "No space left on device", "m.json")) or ""
+    )
+    assert storage_fault(OSError(errno.ENOENT, "No such file", "x")) is None
+    assert storage_fault(ValueError("no")) is None
