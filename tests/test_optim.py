@@ -311,3 +311,36 @@ def test_a_flop_count_before_the_first_call_does_not_leave_the_model_eager() -> 
     assert not counters["stats"]["unique_graphs"]
     compiled(x)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_channel_pruning_that_removes_nothing_says_so() -> None:
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    with pytest.warns(
+        UserWarning, match="nothing removed: amount=0.99 would leave layers with less than one"
+    ):
+        pruned = prune(model, method="channels", amount=0.99, example_inputs=torch.randn(2, 8))
+    (report,) = reports(pruned)
+    assert not report.changed and report.notes[0].startswith("nothing removed")
+    assert not any("smaller and faster" in note for note in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("transform", "kwargs"),
+    [
+        (quantize, {}),
+        (prune, {"amount": 0.5}),
+        (prune, {"amount": 0.5, "method": "channels", "example_inputs": torch.randn(2, 8)}),
+        (compile, {}),
+    ],
+)
+def test_a_model_on_the_meta_device_is_one_line(transform: Callable[..., nn.Module], kwargs: dict) -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    with pytest.raises(ValueError, match=r"weights are on the meta device \(0.weight and others\).*to_empty"):
+        transform(model, **kwargs)
+
+
+@pytest.mark.parametrize(("module", "datamodule"), [("model", "data"), (TinyMLP(), "data")])
+def test_tune_names_what_it_takes(module: object, datamodule: object) -> None:
+    with pytest.raises(TypeError, match=r"perfkit\.tune takes a Lightning(Data)?Module instance"):
+        perfkit.tune(module, datamodule)

@@ -62,6 +62,35 @@ def _change(key: Key, base: Row | None, new: Row | None, max_regression: float) 
     return Change(key, base, new, change, verdict)
 
 
+def check_comparable(report: BenchmarkReport, path: str) -> list[str]:
+    """ValueError (one line) for a report whose measured rows lack what the gate compares; the
+    warnings a reader of the comparison should see (MFU above 100%: a broken reference)."""
+    if not any(row.ok for row in report.rows):
+        raise ValueError(f"{path} has no measured rows: nothing to compare")
+    warnings = []
+    for index, row in enumerate(report.rows):
+        name = f"{path}: rows[{index}] ({'/'.join(map(str, row.key))})"
+        if not row.ok:
+            continue
+        if row.speedup is None and (row.latency_ms_median is None or row.latency_ms_median <= 0):
+            raise ValueError(
+                f"{name} is measured but has neither a speed-up nor a positive latency_ms_median"
+            )
+        if row.speedup is not None and row.speedup <= 0:
+            raise ValueError(f"{name} has speed-up {row.speedup}: a speed-up is a positive ratio")
+        has_ci = row.speedup_ci_low is not None and row.speedup_ci_high is not None
+        has_range = row.speedup_p10 is not None and row.speedup_p90 is not None
+        if row.speedup is not None and not (has_ci or has_range):
+            raise ValueError(
+                f"{name} has a speed-up without its interval (speedup_ci_low/high or speedup_p10/p90): "
+                "the gate cannot tell a change from noise"
+            )
+        for field, value in (("mfu", row.mfu), ("mfu_measured", row.mfu_measured)):
+            if value is not None and value > 1:
+                warnings.append(f"{name}: {field} {value:.0%} is above 100%: its reference rate is wrong")
+    return warnings
+
+
 def _interval(row: Row) -> tuple[float, float]:
     """The 95% confidence interval of the speed-up, or its p10-p90 range when too few rounds for one."""
     low, high = row.speedup_ci_low, row.speedup_ci_high
@@ -114,19 +143,16 @@ def main(argv: list[str]) -> int:
         help="allowed drop of a speed-up, percent",
     )
     args = parser.parse_args(argv)
-    if args.max_regression < 0:
-        parser.error(f"--max-regression must be >= 0, got {args.max_regression}")
+    if not math.isfinite(args.max_regression) or args.max_regression < 0:
+        parser.error(f"--max-regression must be a finite number of percent >= 0, got {args.max_regression}")
     try:
         base, new = BenchmarkReport.from_json(args.base), BenchmarkReport.from_json(args.new)
+        notes = check_comparable(base, args.base) + check_comparable(new, args.new)
     except ValueError as error:
         print(f"perfkit.bench compare: error: {error}", file=sys.stderr)
         return 2
-    if not any(row.ok for row in new.rows):
-        print(
-            f"perfkit.bench compare: error: {args.new} has no measured rows: nothing to compare",
-            file=sys.stderr,
-        )
-        return 2
+    for note in notes:
+        print(f"perfkit.bench compare: warning: {note}", file=sys.stderr)
     changes = compare(base, new, args.max_regression)
     print(to_markdown(changes, args.max_regression))
     regressed = [c for c in changes if c.regressed]

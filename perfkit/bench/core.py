@@ -56,22 +56,56 @@ def benchmark(
                 f"perfkit.benchmark: variant {name!r} is a {type(variant).__name__}, not an nn.Module"
             )
     device = torch.device(device)
+    _warn_if_not_finite(example_inputs)
     report = BenchmarkReport(environment=_environment(), config={"timing": _timing(rounds, warmup, threads)})
-    report.rows = measure_variants(
-        variants,
-        example_inputs,
-        model_name=model_name,
-        device=device,
-        mode=mode,
-        targets=targets,
-        loss_fn=loss_fn,
-        eval_data=eval_data,
-        baseline=baseline,
-        rounds=rounds,
-        warmup=warmup,
-        threads=threads,
-    )
+    modes = {name: [(m, m.training) for m in variant.modules()] for name, variant in variants.items()}
+    try:
+        report.rows = measure_variants(
+            variants,
+            example_inputs,
+            model_name=model_name,
+            device=device,
+            mode=mode,
+            targets=targets,
+            loss_fn=loss_fn,
+            eval_data=eval_data,
+            baseline=baseline,
+            rounds=rounds,
+            warmup=warmup,
+            threads=threads,
+        )
+    finally:  # inference timing switched the caller's models to eval(): give them back as they were
+        for saved in modes.values():
+            for module, training in saved:
+                module.train(training)
+    _raise_if_none_ran(report.rows)
+    for row in report.rows:
+        for note in row.notes:
+            if note.startswith(DISAGREES):
+                warnings.warn(f"perfkit.benchmark: {row.variant}: {note}", stacklevel=2)
     return report
+
+
+DISAGREES = "outputs disagree with"
+
+
+def _warn_if_not_finite(example_inputs: Batch) -> None:
+    inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+    for index, tensor in enumerate(inputs):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.isfinite().all():
+            bad = int((~tensor.isfinite()).sum())
+            warnings.warn(
+                f"perfkit.benchmark: example_inputs[{index}] holds {bad} NaN/inf values: timings of "
+                "NaN arithmetic, and outputs that cannot be compared",
+                stacklevel=3,
+            )
+
+
+def _raise_if_none_ran(rows: list[Row]) -> None:
+    # all skipped (no CUDA here) is an answer; all failed means the inputs do not fit the models
+    if any(row.status == "failed" for row in rows) and not any(row.ok for row in rows):
+        reasons = "; ".join(f"{row.variant}: {row.reason}" for row in rows)
+        raise ValueError(f"perfkit.benchmark: no variant ran on these inputs ({reasons})")
 
 
 def measure_variants(
@@ -110,9 +144,18 @@ def measure_variants(
         if why_not:
             rows[name].status, rows[name].reason = "skipped", why_not
     runnable = {name: model for name, model in variants.items() if rows[name].status == "ok"}
+    outputs: dict[str, Any] = {}
     steps = _first_calls(
-        runnable, rows, lambda model: step_function(model, inputs, device, mode, targets, loss_fn, optimizer)
+        runnable,
+        rows,
+        lambda model: step_function(model, inputs, device, mode, targets, loss_fn, optimizer),
+        outputs,
     )
+    if mode == "inference" and baseline in outputs:
+        for name, output in outputs.items():
+            disagreement = output_disagreement(outputs[baseline], output)
+            if name != baseline and disagreement:
+                rows[name].notes.append(f"{DISAGREES} {baseline}'s: {disagreement}")
 
     timings, memory = _time_steps(steps, rounds, warmup, device, threads, progress)
     for name, timing in timings.items():
@@ -151,16 +194,18 @@ def _first_calls(
     variants: Mapping[str, nn.Module],
     rows: dict[str, Row],
     make_step: Callable[[nn.Module], Callable[[], Any]],
+    outputs: dict[str, Any],
 ) -> dict[str, Callable[[], Any]]:
     """Each variant's step, called once (compilation, and any error the model raises); a variant that
-    fails is recorded in its row and left out, so the others are still measured."""
+    fails is recorded in its row and left out, so the others are still measured. ``outputs`` gets
+    what each first call returned."""
     steps: dict[str, Callable[[], Any]] = {}
     for name, model in variants.items():
         try:
             step = make_step(model)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                step()
+                outputs[name] = step()
             rows[name].notes += sorted({str(w.message).splitlines()[0] for w in caught if _worth_noting(w)})
             steps[name] = step
         except Exception as error:
@@ -308,6 +353,32 @@ def utilization(
 
 # measured once per process: a large matmul's TFLOP/s per (device type, precision)
 _MATMUL_RATES: dict[tuple[str, str], float] = {}
+
+
+def output_disagreement(expected: Any, actual: Any) -> str | None:
+    """How a variant's output differs from the baseline's beyond what a faster numeric path explains
+    (int8, bf16, TF32 move logits by a few percent of their range), or None."""
+    if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)):
+        return None
+    if expected.shape != actual.shape:
+        return f"shape {tuple(actual.shape)} instead of {tuple(expected.shape)}"
+    if not expected.is_floating_point():
+        return None if torch.equal(expected, actual) else "different values"
+    expected, actual = expected.detach().float().cpu(), actual.detach().float().cpu()
+    if not expected.isfinite().all() or not actual.isfinite().all():
+        return (
+            None
+            if expected.isfinite().all() == actual.isfinite().all()
+            else "NaN/inf where the other is finite"
+        )
+    scale = float(expected.abs().max()) or 1.0
+    error = float((expected - actual).abs().max()) / scale
+    if expected.dim() == 2 and expected.shape[1] > 1:
+        agree = float((expected.argmax(1) == actual.argmax(1)).float().mean())
+        if agree < 0.9:
+            return f"argmax agrees on {agree:.0%} of the batch (max |diff| {error:.0%} of the output range)"
+        return None
+    return f"max |diff| is {error:.0%} of the output range" if error > 0.1 else None
 
 
 def _worth_noting(warning: warnings.WarningMessage) -> bool:

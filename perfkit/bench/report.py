@@ -66,9 +66,9 @@ def _check_row_types(index: int, values: dict[str, Any]) -> None:
     for name, value in values.items():
         if value is None and name not in ("model", "variant", "device", "mode", "batch_size", "status"):
             continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if (name in _NUMBER_FIELDS and not number) or (name in _TEXT_FIELDS and not isinstance(value, str)):
-            kind = "a number" if name in _NUMBER_FIELDS else "text"
+            kind = "a finite number" if name in _NUMBER_FIELDS else "text"
             raise TypeError(f"rows[{index}].{name}={value!r} is not {kind}")
         if name == "notes" and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
             raise TypeError(f"rows[{index}].notes={value!r} is not a list of text")
@@ -135,6 +135,14 @@ class BenchmarkReport:
             values = {k: v for k, v in row.items() if k in names}
             _check_row_types(index, values)
             rows.append(Row(**values))
+        seen: dict[Key, int] = {}
+        for index, parsed in enumerate(rows):
+            if parsed.key in seen:
+                raise TypeError(
+                    f"rows[{seen[parsed.key]}] and rows[{index}] are both {'/'.join(map(str, parsed.key))}: "
+                    "a report holds one row per measurement"
+                )
+            seen[parsed.key] = index
         return cls(
             data.get("environment", {}), data.get("config", {}), rows, bool(data.get("complete", True))
         )

@@ -14,6 +14,7 @@ Masks do not make dense kernels faster: only ``channels`` speeds up inference, a
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -75,6 +76,9 @@ def prune(
             for new, old in zip(_prunable(pruned), _prunable(model), strict=True)
             if new.weight.shape != old.weight.shape
         )
+        if not changed:
+            notes = [_nothing_removed(amount, layers)]
+            warnings.warn(f"perfkit.prune: {notes[0]}", stacklevel=2)
     else:
         targets = [(m, "weight") for m in layers] + _attention_projections(pruned)
         _prune_masks(targets, amount, method)
@@ -84,6 +88,15 @@ def prune(
     report = measure(f"prune(method={method}, amount={amount})", model, pruned, changed, notes)
     attach(pruned, model, report)
     return pruned
+
+
+def _nothing_removed(amount: float, layers: Sequence[nn.Module]) -> str:
+    widest = max(int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0)) for m in layers)
+    return (
+        f"nothing removed: amount={amount} would leave layers with less than one channel, and Torch-Pruning "
+        f"skips those; the model is unchanged: use a smaller amount (the widest prunable layer has {widest} "
+        "channels)"
+    )
 
 
 def _attention_projections(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -108,6 +108,13 @@ def require_module(model: Any, transform: str) -> None:
     """A one-line TypeError for a transform given something that is not a module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{transform} takes a torch.nn.Module, not {type(model).__name__} ({model!r:.60})")
+    on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if on_meta:
+        raise ValueError(
+            f"{transform}: the model's weights are on the meta device ({on_meta[0]}{' and others' if len(on_meta) > 1 else ''}),"
+            " with no values to measure or keep; materialize them first: model.to_empty(device='cpu') and "
+            "load_state_dict(...)"
+        )
 
 
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:

@@ -62,6 +62,7 @@ def tune(
     """
     from perfkit.config import build_typed
 
+    _check_objects(module, datamodule)
     checked = build_typed(
         TuneSettings, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "tune"
     )
@@ -73,6 +74,21 @@ def tune(
     if output_dir is not None:
         write_outputs(result, Path(output_dir))
     return result
+
+
+def _check_objects(module: Any, datamodule: Any) -> None:
+    import lightning.pytorch as pl
+
+    if not isinstance(module, pl.LightningModule):
+        raise TypeError(
+            f"perfkit.tune takes a LightningModule instance, not {type(module).__name__} ({module!r:.60}); "
+            "from the command line, name classes with model._target_=... in python -m perfkit.tune"
+        )
+    if not isinstance(datamodule, pl.LightningDataModule):
+        raise TypeError(
+            f"perfkit.tune takes a LightningDataModule instance as datamodule, not {type(datamodule).__name__} "
+            f"({datamodule!r:.60})"
+        )
 
 
 class progress_bar:  # noqa: N801 - used as a context manager, like tqdm
