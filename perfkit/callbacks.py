@@ -140,6 +140,42 @@ class RandomStates(L.Callback):
             RandomState.restore(state_dict["rng"])
 
 
+class Heartbeat(L.Callback):
+    """In a multi-process job each rank notes, at most once a second, the time and step it last
+    made progress (:func:`perfkit.distributed.write_heartbeat`); when a collective times out, the rank
+    whose note is oldest is the one that stopped answering."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.last = 0.0
+
+    def _beat(self, trainer: L.Trainer, force: bool = False) -> None:
+        from perfkit.distributed import write_heartbeat
+
+        now = time.monotonic()
+        if trainer.world_size > 1 and (force or now - self.last >= 1.0):
+            self.last = now
+            write_heartbeat(self.directory, trainer.global_rank, trainer.global_step)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from perfkit.distributed import remember_heartbeats
+
+        remember_heartbeats(self.directory)
+        self._beat(trainer, force=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._beat(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._beat(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from perfkit.distributed import remove_heartbeat
+
+        if trainer.world_size > 1 and trainer.state.status.value == "finished":
+            remove_heartbeat(self.directory, trainer.global_rank)
+
+
 class InterruptWatch(L.Callback):
     """Notes a Ctrl-C (:class:`perfkit.errors.Interrupted`) before Lightning exits with status 1."""
 

@@ -184,7 +184,14 @@ def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exc
 
 def _report_failure(program: str, error: Exception) -> bool:
     """Say which rank failed (or died first); True when the sweep goes on without this job."""
-    from perfkit.distributed import WorkerError, dead_ranks, rank_description
+    from perfkit.distributed import (
+        WorkerError,
+        dead_ranks,
+        end_stuck_children,
+        rank_description,
+        stuck_rank,
+        timed_out,
+    )
     from perfkit.run import is_launching_process
     from perfkit.sweep import in_sweep, record_failure
 
@@ -198,6 +205,18 @@ def _report_failure(program: str, error: Exception) -> bool:
             return True
         sys.exit(1)
     rank = rank_description()
+    if rank and timed_out(error) and (stuck := stuck_rank()):
+        print(
+            f"{program}: {stuck} stopped answering; {rank} gave up waiting for it in a collective "
+            f"({_lost_contact_reason(error)}). Look at that process: stopped (SIGSTOP, a debugger), stuck "
+            "in user code or I/O, or much slower than the others; strategy.timeout_s sets the wait",
+            file=sys.stderr,
+        )
+        end_stuck_children()
+        if in_sweep() and is_launching_process():
+            record_failure(f"{stuck} stopped answering")
+            return True
+        sys.exit(1)
     # only a lost connection points elsewhere: rank 0's own error must not be blamed on the ranks it
     # took down with it
     dead = dead_ranks() if rank and _lost_contact(error) else []

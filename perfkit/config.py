@@ -407,6 +407,13 @@ def _check_run_options(cfg: DictConfig) -> None:
     strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
     if name not in strategies:
         raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
+    timeout = strategy.get("timeout_s") if isinstance(strategy, DictConfig) else None
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(
+            f"strategy.timeout_s={timeout!r} is not valid: use a number of seconds > 0, or null"
+        )
 
     _check_cpu_ranks(cfg, devices, num_nodes, str(name))
     _check_monitor(cfg)

@@ -8,6 +8,7 @@ timestamped run directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -117,6 +118,77 @@ def rank_description() -> str:
         world_size = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
         rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
     return f"rank {rank} of {world_size}" if world_size > 1 else ""
+
+
+HEARTBEATS = ".heartbeats"  # in the run directory: one small JSON file per rank
+
+
+def remember_heartbeats(run_dir: str) -> None:
+    _job["heartbeats"] = run_dir
+
+
+def write_heartbeat(run_dir: str, rank: int, step: int) -> None:
+    import json
+    import time
+    from pathlib import Path
+
+    folder = Path(run_dir) / HEARTBEATS
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".rank-{rank}.tmp"
+    temporary.write_text(json.dumps({"rank": rank, "step": step, "time": time.time(), "pid": os.getpid()}))
+    temporary.replace(folder / f"rank-{rank}.json")
+
+
+def remove_heartbeat(run_dir: str, rank: int) -> None:
+    from pathlib import Path
+
+    folder = Path(run_dir) / HEARTBEATS
+    (folder / f"rank-{rank}.json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # the last rank to finish removes the folder
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective giving up on a peer that did not answer in time (gloo's
+    "Timed out waiting 600000ms for recv operation", NCCL's watchdog "Watchdog caught collective
+    operation timeout")."""
+    text = str(error)
+    return (
+        "Timed out waiting" in text or "collective operation timeout" in text or "timed out" in text.lower()
+    )
+
+
+def stuck_rank(now: float | None = None) -> str:
+    """``rank 1 of 2 (last noted progress 620 s ago, at step 40)``: the rank whose heartbeat is oldest,
+    from the files :class:`perfkit.callbacks.Heartbeat` writes; empty when there are none."""
+    import json
+    import time
+    from pathlib import Path
+
+    run_dir, trainer = _job.get("heartbeats"), _job.get("trainer")
+    if run_dir is None:
+        return ""
+    beats = []
+    for path in (Path(run_dir) / HEARTBEATS).glob("rank-*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            beats.append(json.loads(path.read_text()))
+    if len(beats) < 2:
+        return ""
+    oldest = min(beats, key=lambda beat: beat["time"])
+    ago = (now or time.time()) - oldest["time"]
+    world = f" of {trainer.world_size}" if trainer is not None else ""
+    return f"rank {oldest['rank']}{world} (last noted progress {ago:.0f} s ago, at step {oldest['step']})"
+
+
+def end_stuck_children() -> None:
+    """SIGKILL the ranks this process launched that are still there (stopped or stuck): with the job
+    failed, nobody would ever end them."""
+    trainer: Any = _job.get("trainer")
+    processes = getattr(getattr(getattr(trainer, "strategy", None), "launcher", None), "procs", None) or []
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.kill()
 
 
 def dead_ranks(wait_s: float = 10.0) -> list[str]:

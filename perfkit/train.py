@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import logging
 import time
@@ -175,6 +176,7 @@ def build_trainer(
     from perfkit import distributed
     from perfkit.callbacks import (
         DivergenceCheck,
+        Heartbeat,
         InterruptWatch,
         RandomStates,
         TrainingSpeed,
@@ -199,6 +201,7 @@ def build_trainer(
         DivergenceCheck(),
         RandomStates(),
         InterruptWatch(),
+        Heartbeat(str(cfg.paths.output_dir)),
     ]
     add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None
@@ -207,7 +210,7 @@ def build_trainer(
         callbacks.append(profiler)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.strategy.name, _strategy_options(cfg.strategy, model)),
+        strategy=build_strategy(cfg.strategy.name, _strategy_options(cfg, model)),
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger"), instantiate) or False,
         profiler=QuietProfiler() if profiler is None or isinstance(profiler, L.Callback) else profiler,
@@ -424,23 +427,39 @@ def _avoid_duplicate_log_lines() -> None:
                 lightning_logger.removeHandler(handler)
 
 
-def _strategy_options(strategy: DictConfig, model: Any) -> Any:
-    """The strategy's options; DDP finds unused parameters for a manually optimized module (a GAN's
-    generator step leaves the discriminator's gradients unused, which DDP otherwise refuses)."""
-    options = strategy.get("options")
+def _strategy_options(cfg: DictConfig, model: Any) -> dict[str, Any]:
+    """The strategy's options. DDP finds unused parameters for a manually optimized module (a GAN's
+    generator step leaves the discriminator's gradients unused, which DDP otherwise refuses), and its
+    collectives time out after ``strategy.timeout_s`` (on CPUs 10 minutes, not torch's 30, so a
+    stopped rank is named well before anyone gives up on the job)."""
+    strategy = cfg.strategy
+    options = OmegaConf.to_container(strategy.options, resolve=True) if strategy.get("options") else {}
+    assert isinstance(options, dict)
+    values: dict[str, Any] = {str(key): value for key, value in options.items()}
+    if not str(strategy.name).startswith(("ddp", "fsdp")):
+        return values
     manual = getattr(model, "automatic_optimization", True) is False
-    if not (manual and str(strategy.name).startswith("ddp")):
-        return options
-    values = OmegaConf.to_container(options, resolve=True) if options else {}
-    assert isinstance(values, dict)
-    if "find_unused_parameters" not in values:
+    if manual and "find_unused_parameters" not in values:
         log.info(
             "%s optimizes manually: DDP runs with find_unused_parameters=True "
             "(+strategy.options.find_unused_parameters=false to turn it off)",
             type(model).__name__,
         )
         values["find_unused_parameters"] = True
-    return OmegaConf.create(values)
+    timeout = strategy.get("timeout_s") or (CPU_COLLECTIVE_TIMEOUT_S if _on_cpu(cfg) else None)
+    if timeout and "timeout" not in values:
+        values["timeout"] = datetime.timedelta(seconds=float(timeout))
+    return values
+
+
+CPU_COLLECTIVE_TIMEOUT_S = 600
+
+
+def _on_cpu(cfg: DictConfig) -> bool:
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
 def build_strategy(name: str, options: Any = None) -> Any:
@@ -453,9 +472,10 @@ def build_strategy(name: str, options: Any = None) -> Any:
         return name
     from lightning.pytorch.strategies import StrategyRegistry
 
+    if isinstance(options, DictConfig):
+        options = OmegaConf.to_container(options, resolve=True)
     entry = StrategyRegistry[name]
-    kwargs = {**entry["init_params"], **OmegaConf.to_container(options, resolve=True)}  # type: ignore[dict-item]
-    return entry["strategy"](**kwargs)
+    return entry["strategy"](**{**entry["init_params"], **options})
 
 
 def _shapes_for(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:

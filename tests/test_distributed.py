@@ -17,7 +17,7 @@ import torch
 
 from perfkit.config import ConfigError
 from perfkit.distributed import check_shared_run_dir, port_in_use
-from tests.conftest import FAST, free_port, run_cli, run_failure
+from tests.conftest import FAST, ComposeTrain, free_port, run_cli, run_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
@@ -281,6 +281,42 @@ def test_one_failing_rank_ends_the_job_and_is_named(tmp_path: Path, how: str, ca
     assert f"perfkit.train: rank 1 of 2 ({cause}" in err and "died first; rank 0 of 2 stopped" in err
     assert "rank 0 of 2 failed" not in err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.distributed
+def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path: Path) -> None:
+    """Rank 1 stops (SIGSTOP) at step 2: rank 0 gives up after strategy.timeout_s, names rank 1 from
+    the ranks' heartbeats, and ends it instead of waiting torch's 30 minutes."""
+    started = time.monotonic()
+    code, _, err = run_cli(
+        *FAST,
+        "strategy=ddp",
+        "devices=2",
+        "logger=none",
+        "hydra.run.dir=run",
+        "strategy.timeout_s=10",
+        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
+        "+callbacks.fail.rank=1",
+        "+callbacks.fail.how=stop",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert code == 1 and time.monotonic() - started < 120
+    assert "perfkit.train: rank 1 of 2 (last noted progress" in err
+    assert "stopped answering; rank 0 of 2 gave up waiting for it in a collective (Timed out" in err
+    assert "Traceback" not in err
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert not left.stdout.strip(), "the stopped rank was left behind"
+
+
+def test_cpu_collectives_time_out_in_minutes_not_half_an_hour(compose_train: ComposeTrain) -> None:
+    from perfkit.train import CPU_COLLECTIVE_TIMEOUT_S, _strategy_options
+
+    cfg = compose_train("strategy=ddp", "accelerator=cpu")
+    assert _strategy_options(cfg, object())["timeout"].total_seconds() == CPU_COLLECTIVE_TIMEOUT_S
+    cfg = compose_train("strategy=ddp", "accelerator=cpu", "strategy.timeout_s=30")
+    assert _strategy_options(cfg, object())["timeout"].total_seconds() == 30
+    assert "timeout" not in _strategy_options(compose_train("strategy=auto"), object())
 
 
 @pytest.mark.distributed

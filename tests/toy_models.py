@@ -77,7 +77,8 @@ TOY_MODELS = {"mlp": TinyMLP, "conv": TinyConvNet, "gru": GRUTextModel}
 
 class FailOnRank(L.Callback):
     """A Lightning callback that fails one rank at one training step: a crash in a DDP job, by an
-    exception or (``how="kill"``) by SIGKILL, as the out-of-memory killer ends a process."""
+    exception, (``how="kill"``) by SIGKILL, as the out-of-memory killer ends a process, or
+    (``how="stop"``) by SIGSTOP, which leaves it alive and silent."""
 
     def __init__(self, rank: int = 1, step: int = 2, how: str = "raise") -> None:
         super().__init__()
@@ -92,6 +93,8 @@ class FailOnRank(L.Callback):
         ):
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "stop":  # stopped, as by SIGSTOP or a debugger: alive, but never answers
+                os.kill(os.getpid(), signal.SIGSTOP)
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
 
 
