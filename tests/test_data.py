@@ -3,6 +3,7 @@ make DDP data exact."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from perfkit.data import (
     SyntheticImages,
     split_indices,
 )
+from perfkit.errors import ConfigError
 from tests.conftest import attach_trainer as _attach
 
 
@@ -118,6 +120,51 @@ def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
         ImageFolderDataModule(root=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="has no class sub-folders"):
         ImageFolderDataModule(root=str(tmp_path)).num_classes  # noqa: B018
+
+
+def _loaded(root: Path) -> list[tuple[str, int]]:
+    return ImageFolderDataModule(root=str(root), image_size=8).load_dataset().samples
+
+
+def test_image_folder_with_one_class_is_refused(image_folder: Path) -> None:
+    for extra in ("class_1", "class_2"):
+        shutil.rmtree(image_folder / extra)
+    with pytest.raises(
+        ConfigError, match=r"has one class folder .'class_0'.: a classifier needs at least two"
+    ):
+        _loaded(image_folder)
+
+
+def test_a_symlink_loop_counts_each_image_once(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (image_folder / "class_0" / "again").symlink_to(image_folder / "class_0")  # loops back on itself
+    with caplog.at_level("WARNING"):
+        samples = _loaded(image_folder)
+    assert len(samples) == 18
+    assert "image paths repeat an image already seen" in caplog.text
+
+
+def test_copied_files_are_used_once_so_no_split_holds_another_splits_image(image_folder: Path) -> None:
+    for index in range(6):  # byte-identical copies under new names
+        shutil.copy(image_folder / "class_1" / f"{index}.png", image_folder / "class_1" / f"copy-{index}.png")
+    assert len(_loaded(image_folder)) == 18
+
+
+def test_the_same_image_under_two_classes_is_refused(image_folder: Path) -> None:
+    shutil.copy(image_folder / "class_1" / "0.png", image_folder / "class_2" / "stray.png")
+    with pytest.raises(ConfigError, match=r"is the same image as .*class_1.0.png but under class 'class_2'"):
+        _loaded(image_folder)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from perfkit.data.imagefolder import load_image
+
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    loaded = np.asarray(load_image(str(tmp_path / "deep.png")).convert("L"))
+    assert loaded.min() == 0 and loaded.max() == 254 and len(np.unique(loaded)) == 255
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from perfkit.data.base import ClassificationDataModule
 from perfkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class ImageFolderDataModule(ClassificationDataModule):
@@ -69,9 +72,60 @@ class ImageFolderDataModule(ClassificationDataModule):
             ]
         )
         try:
-            return ImageFolder(str(self.root), transform=transform, loader=load_image)
+            dataset = ImageFolder(str(self.root), transform=transform, loader=load_image)
         except FileNotFoundError as error:  # a class folder without a single image file
             raise ConfigError(f"data.root={str(self.root)!r}: {str(error).strip()}") from None
+        if len(dataset.classes) < 2:
+            raise ConfigError(
+                f"data.root={str(self.root)!r} has one class folder ({dataset.classes[0]!r}): a classifier "
+                "needs at least two (root/<class>/<image>), or it learns nothing and scores 100%"
+            )
+        dataset.samples = dataset.imgs = unique_samples(dataset.samples, dataset.classes, str(self.root))
+        dataset.targets = [target for _, target in dataset.samples]
+        return dataset
+
+
+def unique_samples(samples: list[tuple[str, int]], classes: list[str], root: str) -> list[tuple[str, int]]:
+    """Each image once: paths that lead to the same file (symlinks, a symlink loop) or files with the
+    same bytes would otherwise be counted several times and land in train and test both. The same
+    image under two classes is refused: its label is ambiguous."""
+    import hashlib
+    import os
+    from collections import Counter
+
+    sizes = [os.stat(path).st_size for path, _ in samples]
+    same_size = Counter(sizes)
+
+    def identity(path: str, size: int) -> str:
+        if same_size[size] == 1:  # no other file has this size: no need to read it
+            return os.path.realpath(path)
+        with open(path, "rb") as file:
+            return hashlib.blake2b(file.read(), digest_size=16).hexdigest()
+
+    first: dict[str, tuple[str, int]] = {}
+    kept, repeats = [], 0
+    for (path, target), size in zip(samples, sizes, strict=True):
+        key = identity(path, size)
+        if key not in first:
+            first[key] = (path, target)
+            kept.append((path, target))
+            continue
+        repeats += 1
+        seen_path, seen_target = first[key]
+        if seen_target != target:
+            raise ConfigError(
+                f"data.root={root!r}: {path} is the same image as {seen_path} but under class "
+                f"{classes[target]!r}, not {classes[seen_target]!r}: remove one"
+            )
+    if repeats:
+        log.warning(
+            "data.root=%r: %d of %d image paths repeat an image already seen (symlinks, a symlink loop "
+            "or copied files); each image is used once, so none is in both the training and the test split",
+            root,
+            repeats,
+            len(samples),
+        )
+    return kept
 
 
 def load_image(path: str) -> Any:
@@ -83,11 +137,27 @@ def load_image(path: str) -> Any:
         with open(path, "rb") as file:
             image = Image.open(file)
             image.load()
-            return image
+            return _to_8_bits(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ConfigError(
             f"data: {path} cannot be read as an image ({error}); remove or replace it"
         ) from None
+
+
+def _to_8_bits(image: Any) -> Any:
+    """16-bit (and 32-bit integer or float) grayscale as 8 bits: PIL's own conversion to RGB or L
+    clips every value above 255 to white."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    full_scale = next(scale for scale in (1.0, 255.0, 65535.0, max(peak, 1.0)) if peak <= scale)
+    if image.mode.startswith("I;16"):
+        full_scale = 65535.0
+    return Image.fromarray(np.clip(values / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def _to_rgb(image: Any) -> Any:
