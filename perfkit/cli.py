@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
-from perfkit.errors import storage_fault
+from perfkit.errors import storage_fault, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,17 @@ def run_task(
                 record_failure(fault)
                 return math.nan
             sys.exit(1)
+        from perfkit.data.checks import explain  # imports Lightning: only once something failed
+
+        if (explained := explain(error)) is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"{program}: error: data: {explained}", file=sys.stderr)
+            if in_sweep() and is_launching_process():
+                record_failure(explained)
+                return math.nan
+            sys.exit(2)
         if _report_failure(program, error):
             return math.nan
+        _exit_if_users_code(program, error)
         raise
 
 
@@ -235,6 +244,22 @@ def _report_failure(program: str, error: Exception) -> bool:
         record_failure(f"{type(error).__name__}: {error_line(error)}")
         return True
     return False
+
+
+def _exit_if_users_code(program: str, error: BaseException) -> None:
+    """An error raised in (or under) the user's own module or datamodule: one line naming its file,
+    line and function, not a traceback through Lightning (HYDRA_FULL_ERROR=1 shows that)."""
+    from perfkit.distributed import rank_description
+
+    where = user_frame(error)
+    if where is None or rank_description() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    print(
+        f"{program}: error in your code, {where}: {type(error).__name__}: {error_line(error)} "
+        "(HYDRA_FULL_ERROR=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 def _monitor_hint(error: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is one line naming the key and what is allowed."""
@@ -27,3 +29,27 @@ def storage_fault(error: BaseException) -> str | None:
         f"{what}: {error.strerror}; files written before are intact (each is written to a temporary file "
         "first): free space or raise the limit, or choose another paths.log_dir=..."
     )
+
+
+def user_frame(error: BaseException) -> str | None:
+    """``userpkg/data.py:42 in setup``: the innermost frame of ``error``'s traceback in code that is
+    neither perfkit's, a library's nor Python's own; None when there is none (a perfkit or library
+    fault keeps its traceback)."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
+    ours = str(Path(__file__).resolve().parent)
+    libraries = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(("<", ours, *libraries))
+    ]
+    if not frames:
+        return None
+    frame = frames[-1]
+    shown = Path(frame.filename)
+    with contextlib.suppress(ValueError):  # outside the working directory: the full path
+        shown = shown.resolve().relative_to(Path.cwd())
+    return f"{shown}:{frame.lineno} in {frame.name}"

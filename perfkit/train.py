@@ -183,6 +183,7 @@ def build_trainer(
         add_progress_bar,
     )
     from perfkit.checkpoint import checkpoint_io
+    from perfkit.data.checks import FirstBatchCheck
     from perfkit.monitoring import TrainingMonitor, missing_stage
     from perfkit.optim.training import TrainingOptimizations
     from perfkit.overhead import QuietProfiler, skip_gpu_probe_without_gpus
@@ -202,6 +203,7 @@ def build_trainer(
         RandomStates(),
         InterruptWatch(),
         Heartbeat(str(cfg.paths.output_dir)),
+        *([FirstBatchCheck()] if cfg.get("check_data", True) else []),
     ]
     add_progress_bar(callbacks, enabled=cfg.trainer.get("enable_progress_bar", True) is not False)
     profiler = instantiate(cfg.profiler) if cfg.get("profiler") else None

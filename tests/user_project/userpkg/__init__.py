@@ -64,3 +64,25 @@ class DigitsNet(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class FlawedDigits(DigitsData):
+    """DigitsData with one flaw a real dataset can have, in one split: ``corrupt`` (a NaN in one sample),
+    ``float64`` (images from numpy, never converted), ``setup`` (a bug in the user's own setup)."""
+
+    def __init__(self, flaw: str = "corrupt", split: str = "val", batch_size: int = 64) -> None:
+        super().__init__(batch_size)
+        self.flaw, self.split = flaw, split
+
+    def setup(self, stage: str) -> None:
+        if self.flaw == "setup":
+            raise KeyError("images")  # the user's own bug
+        super().setup(stage)
+        subset = getattr(self, f"{self.split}_set")
+        images, labels = subset.dataset.tensors
+        images = images.clone()
+        if self.flaw == "corrupt":
+            images[subset.indices[3], 5] = float("nan")
+        if self.flaw == "float64":
+            images = images.double()
+        subset.dataset = TensorDataset(images, labels)
