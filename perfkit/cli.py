@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
-from perfkit.errors import storage_fault, user_frame
+from perfkit.errors import noting_ctrl_c, storage_fault, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def run_task(
         *user_errors,
     )
     try:
-        return _in_launching_process(task, cfg, bad_input)
+        with noting_ctrl_c():
+            return _in_launching_process(task, cfg, bad_input)
     except bad_input as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -14,6 +16,35 @@ class Interrupted:
     ``KeyboardInterrupt`` into ``sys.exit(1)``, so the runner asks here to report it as one (130)."""
 
     seen = False
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """A Ctrl-C: the ``KeyboardInterrupt`` itself, or the ``sys.exit(1)`` Lightning turns it into."""
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, SystemExit) and error.code == 1 and Interrupted.seen
+    )
+
+
+@contextlib.contextmanager
+def noting_ctrl_c() -> Iterator[None]:
+    """Within the block, a Ctrl-C sets :attr:`Interrupted.seen` before it raises, so that the exit
+    Lightning makes of it is still known as one (:func:`is_interrupt`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        Interrupted.seen = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # the disk (or a quota, or the file-size limit) is full, or the file system is read-only

@@ -343,6 +343,27 @@ def test_an_interrupted_bench_keeps_its_finished_rows(
     assert "**Incomplete**" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_ctrl_c_while_the_bench_trains_its_model_is_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning turns a Ctrl-C in fit into sys.exit(1): the bench still saves what it has (an empty,
+    incomplete report) and ends as a Ctrl-C, which the runner reports with status 130."""
+    from perfkit.bench import suite
+    from perfkit.errors import Interrupted
+
+    def lightning_after_ctrl_c(*args: Any, **kwargs: Any) -> None:
+        Interrupted.seen = True
+        raise SystemExit(1)
+
+    monkeypatch.setattr(Interrupted, "seen", False)
+    monkeypatch.setattr(suite, "prepare", lightning_after_ctrl_c)
+    cfg = _bench_cfg(tmp_path, "bench.models=[mlp]", "bench.variants=[eager]", "device=cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg)
+    saved = BenchmarkReport.from_json(tmp_path / "run" / "report.json")
+    assert not saved.complete and not saved.rows
+
+
 def test_cli_unknown_model_is_one_line_with_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "perfkit.bench", "bench.models=[lenet]", f"hydra.run.dir={tmp_path}"],

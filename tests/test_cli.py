@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -59,8 +61,14 @@ def test_user_errors_are_bad_input_only_where_a_command_says_so(
     with pytest.raises(SystemExit) as exit_:
         run_task(CFG, "prog", _fails_with(ValueError("no Linear layer")), user_errors=(ValueError,))
     assert exit_.value.code == 2 and capsys.readouterr().err.strip() == "prog: error: no Linear layer"
-    with pytest.raises(ValueError, match="no Linear layer"):  # elsewhere a bug: its traceback is kept
+    # elsewhere not bad input: raised in code that is not perfkit's (here this test's), it is named
+    with pytest.raises(SystemExit) as exit_:
         run_task(CFG, "prog", _fails_with(ValueError("no Linear layer")))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and err.startswith("prog: error in your code, tests/test_cli.py:")
+    assert err.endswith("ValueError: no Linear layer (HYDRA_FULL_ERROR=1 shows the traceback)")
+    with pytest.raises(TypeError):  # raised in perfkit or a library: a bug, its traceback kept
+        run_task(CFG, "prog", functools.partial(json.loads, "{}"))
 
 
 def test_full_error_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

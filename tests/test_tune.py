@@ -329,3 +329,42 @@ def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path:
     with_tuning = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
     drop_points = 100 * (default["test"]["acc"] - with_tuning["test"]["acc"])
     assert drop_points <= tuned["max_accuracy_drop"], (tuned["chosen"], default["test"], with_tuning["test"])
+
+
+@pytest.mark.parametrize("how", ["keyboard", "lightning"])
+def test_ctrl_c_keeps_the_measured_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Ctrl-C in the third measurement (itself, or as the sys.exit(1) Lightning makes of it inside
+    fit): tune.json keeps the two measured, says it was interrupted, and the Ctrl-C goes on."""
+    from hydra.utils import instantiate
+
+    from perfkit.errors import Interrupted
+    from perfkit.tune.tuner import Tuner
+
+    calls: list[str] = []
+
+    def measure(self: Tuner, candidate: Candidate) -> Outcome:
+        calls.append(candidate.name)
+        if len(calls) == 3:
+            if how == "keyboard":
+                raise KeyboardInterrupt
+            Interrupted.seen = True
+            raise SystemExit(1)
+        return Outcome(candidate, "measured", speedup=1.5, ci_low=1.3, ci_high=1.7, accuracy=0.9,
+                       baseline_accuracy=0.9)  # fmt: skip
+
+    monkeypatch.setattr(Tuner, "_measure", measure)
+    monkeypatch.setattr(Interrupted, "seen", False)
+    cfg = compose_config("train", ["data=digits", "model=mlp", "accelerator=cpu"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
+    with pytest.raises(KeyboardInterrupt):
+        perfkit.tune(model, datamodule, modes=["inference"], output_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["interrupted"] is True
+    statuses = [c["status"] for c in saved["candidates"]]
+    assert statuses[:2] == ["accepted", "accepted"] and len(statuses) == 3
+    assert saved["candidates"][2]["reason"] == "interrupted (Ctrl-C) while measuring"
+    assert "**Interrupted (Ctrl-C)**" in (tmp_path / "tune.md").read_text()

@@ -26,6 +26,7 @@ from perfkit.bench.core import first_line, measure_variants
 from perfkit.bench.report import BenchmarkReport
 from perfkit.bench.variants import Settings, build, skip_reason
 from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
+from perfkit.errors import is_interrupt
 from perfkit.optim import prune
 from perfkit.schemas import Bench as BenchConfig
 from perfkit.schemas import is_device
@@ -99,9 +100,11 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
                 bar.update(1)
                 for device_name in spec.devices:
                     _measure_device(prepared, torch.device(device_name), spec, report, output_dir, bar)
-        except KeyboardInterrupt:
+        except BaseException as error:  # Ctrl-C, or the exit Lightning makes of it while training
+            if not is_interrupt(error):
+                raise
             report.save(output_dir, plots=bool(report.rows))
-            raise
+            raise KeyboardInterrupt from None
         finally:
             bar.close()
     report.complete = True

@@ -17,8 +17,17 @@ import types
 from pathlib import Path
 from typing import Any
 
+from perfkit.errors import noting_ctrl_c
 from perfkit.tune.report import write_outputs
-from perfkit.tune.selection import Budget, Candidate, Outcome, decide, pick, run_within_budget
+from perfkit.tune.selection import (
+    Budget,
+    Candidate,
+    Outcome,
+    TuneInterrupted,
+    decide,
+    pick,
+    run_within_budget,
+)
 from perfkit.tune.tuner import Tuner, TuneResult, TuneSettings
 
 __all__ = [
@@ -66,11 +75,16 @@ def tune(
     checked = build_typed(
         TuneSettings, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, "tune"
     )
-    with progress_bar(enabled=progress) as report_progress:
+    with progress_bar(enabled=progress) as report_progress, noting_ctrl_c():
         tuner = Tuner(
             module, datamodule, checked, progress=report_progress, monitor=monitor, monitor_mode=monitor_mode
         )
-        result = tuner.run()
+        try:
+            result = tuner.run()
+        except TuneInterrupted as stop:  # keep what was measured, then stop as a Ctrl-C does
+            if output_dir is not None and stop.result is not None:
+                write_outputs(stop.result, Path(output_dir))
+            raise KeyboardInterrupt from None
     if output_dir is not None:
         write_outputs(result, Path(output_dir))
     return result

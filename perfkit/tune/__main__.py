@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> Any:
     from perfkit.train import build
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
     from perfkit.tune.report import train_command
+    from perfkit.tune.selection import TuneInterrupted
 
     settings: TuneSettings = typed_node(cfg, "tune")
     run_dir = Path(cfg.paths.output_dir)
@@ -52,7 +53,14 @@ def run(cfg: DictConfig) -> Any:
             monitor=str(cfg.get("monitor", "val/acc")),
             monitor_mode=str(cfg.get("monitor_mode", "max")),
         )
-        result = tuner.run()
+        try:
+            result = tuner.run()
+        except TuneInterrupted as stop:
+            if stop.result is not None:
+                done = sum(o.status != "skipped" for o in stop.result.outcomes)
+                kept = write_outputs(stop.result, run_dir)
+                log.warning("interrupted: %d measured candidates kept in %s", done, kept[0])
+            raise KeyboardInterrupt from None
     failed = [o for o in result.outcomes if o.status == "failed"]
     for outcome in failed:
         c = outcome.candidate

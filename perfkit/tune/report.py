@@ -31,6 +31,7 @@ def to_data(result: TuneResult) -> dict[str, Any]:
         "max_accuracy_drop": result.max_accuracy_drop,
         "full_run_verification": result.verification,
         "elapsed_s": round(result.elapsed_s, 1),
+        "interrupted": result.interrupted,
         "chosen": result.chosen,
         "tuned_vs_default": {mode: outcome.as_dict() for mode, outcome in result.final.items()},
         "candidates": [outcome.as_dict() for outcome in result.outcomes],
@@ -94,6 +95,15 @@ def to_markdown(result: TuneResult) -> str:
         "",
         f"Device {result.device}; {result.elapsed_s:.0f} s of a {result.budget_s:.0f} s budget.",
         "",
+        *(
+            [
+                "**Interrupted (Ctrl-C)**: the settings below rest on the candidates measured before it; "
+                "the chosen settings were not compared together against the defaults.",
+                "",
+            ]
+            if result.interrupted
+            else []
+        ),
         *_verdict_lines(result),
         "",
         "Settings that change numerics are judged by the time to reach the default's held-out accuracy "

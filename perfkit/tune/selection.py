@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from perfkit.errors import is_interrupt
+
 ACCEPTED, REJECTED, SKIPPED, FAILED = "accepted", "rejected", "skipped", "failed"
 
 
@@ -139,6 +141,16 @@ def pick(outcomes: Iterable[Outcome]) -> dict[tuple[str, str], Outcome]:
     return best
 
 
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the measurements: ``outcomes`` are those finished; the tuner adds the
+    ``result`` they support, for the caller to write."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__()
+        self.outcomes = outcomes
+        self.result: Any = None
+
+
 class Budget:
     """Wall-clock budget; ``fits`` says whether a candidate's estimated cost still fits.
 
@@ -200,7 +212,13 @@ def run_within_budget(
             started = budget.elapsed
             try:
                 outcome = measure(candidate)
-            except Exception as error:  # one candidate failing must not lose the others
+            except BaseException as error:
+                if not isinstance(error, Exception):  # Ctrl-C: keep what was measured
+                    if is_interrupt(error):
+                        outcomes.append(Outcome(candidate, SKIPPED, "interrupted (Ctrl-C) while measuring"))
+                        raise TuneInterrupted(outcomes) from None
+                    raise
+                # one candidate failing must not lose the others
                 text = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
                 outcome = Outcome(candidate, FAILED, f"{type(error).__name__}: {text}")
             outcome.seconds = budget.elapsed - started

@@ -30,6 +30,7 @@ from perfkit.tune.selection import (
     Budget,
     Candidate,
     Outcome,
+    TuneInterrupted,
     pick,
     run_within_budget,
 )
@@ -51,6 +52,7 @@ class TuneResult:
     max_accuracy_drop: float = 0.5  # points: what every recommendation was held to
     # the chosen training settings checked over a full perfkit.train run (the CLI does this)
     verification: dict[str, Any] | None = None
+    interrupted: bool = False  # Ctrl-C: the choice rests on the candidates measured before it
 
 
 # priors that only order the candidates (largest expected gain per second of measuring first)
@@ -181,22 +183,23 @@ class Tuner:
     # -- the run --------------------------------------------------------------------------------
 
     def run(self) -> TuneResult:
-        from perfkit.run import environment
-
         outcomes: list[Outcome] = []
         if "train" in self.settings.modes:
             outcomes.append(self._num_workers())
-        outcomes += run_within_budget(
-            self.candidates(),
-            self._measure,
-            self.budget,
-            max_accuracy_drop=self.settings.max_accuracy_drop,
-            on_done=self.progress,
-        )
+        try:
+            outcomes += run_within_budget(
+                self.candidates(),
+                self._measure,
+                self.budget,
+                max_accuracy_drop=self.settings.max_accuracy_drop,
+                on_done=self.progress,
+            )
+        except TuneInterrupted as stop:  # what was measured, without the final side-by-side run
+            stop.result = self._result(outcomes + stop.outcomes, self._chosen(outcomes + stop.outcomes), {})
+            stop.result.interrupted = True
+            raise
         best = pick(outcomes)
-        chosen: dict[str, dict[str, Any]] = {mode: {} for mode in self.settings.modes}
-        for (mode, _axis), outcome in best.items():
-            chosen[mode].update(outcome.candidate.settings)
+        chosen = self._chosen(outcomes)
         if "train" in chosen:
             worker_outcome = next((o for o in outcomes if o.candidate.axis == "num_workers"), None)
             if worker_outcome is not None and worker_outcome.status == ACCEPTED:
@@ -222,6 +225,19 @@ class Tuner:
                     workers = {k: v for k, v in keys.items() if k == "data.num_workers"}
                     chosen[mode] = {**single.candidate.settings, **workers}
                     final[mode] = single
+        return self._result(outcomes, chosen, final)
+
+    def _chosen(self, outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+        chosen: dict[str, dict[str, Any]] = {mode: {} for mode in self.settings.modes}
+        for (mode, _axis), outcome in pick(outcomes).items():
+            chosen[mode].update(outcome.candidate.settings)
+        return chosen
+
+    def _result(
+        self, outcomes: list[Outcome], chosen: dict[str, dict[str, Any]], final: dict[str, Outcome]
+    ) -> TuneResult:
+        from perfkit.run import environment
+
         return TuneResult(
             outcomes=outcomes,
             chosen=chosen,
