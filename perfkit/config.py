@@ -10,6 +10,7 @@ the key and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import inspect
 import logging
@@ -736,15 +737,34 @@ def check_output_dir_overrides(program: str, argv: list[str] | None = None) -> N
                 file=sys.stderr,
             )
             raise SystemExit(2)
-        path = Path(value).expanduser().absolute()
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            why = "is not a directory" if not existing.is_dir() else "is not writable"
-            print(
-                f"{program}: error: {key}={value}: {existing} {why}; choose another directory",
-                file=sys.stderr,
-            )
+        problem = _unusable_directory(Path(value).expanduser().absolute())
+        if problem:
+            shown = value if len(value) <= 100 else f"{value[:60]}...({len(value)} characters)"
+            print(f"{program}: error: {key}={shown}: {problem}; choose another directory", file=sys.stderr)
             raise SystemExit(2)
+
+
+def _unusable_directory(path: Path) -> str | None:
+    """Why a run directory at ``path`` cannot be created or written, or None."""
+    name_max = 255
+    with contextlib.suppress(OSError):
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+    long_part = next((part for part in path.parts if len(part.encode()) > name_max), None)
+    if long_part is not None:
+        return f"a name in it is {len(long_part.encode())} bytes long, more than the file system's {name_max}"
+    if len(str(path).encode()) >= 4096:
+        return f"the path is {len(str(path).encode())} bytes long, more than the system's 4095"
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    except OSError as error:
+        return error.strerror or str(error)
+    if existing.is_symlink() and not existing.exists():
+        return f"{existing} is a symbolic link to {os.readlink(existing)}, which does not exist"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def register_resolvers() -> None:

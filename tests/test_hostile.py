@@ -277,6 +277,8 @@ def test_a_run_id_names_the_directory_for_every_rank(tmp_path: Path, monkeypatch
         ("hydra.run.dir=/etc/hostname/run", "is not a directory"),
         ("hydra.sweep.dir=/etc/hostname/sweep", "is not a directory"),
         ("+hydra.run.dir=/etc/hostname/x/y", "is not a directory"),
+        (f"hydra.run.dir=/tmp/{'a' * 300}/run", "a name in it is 300 bytes long, more than the file system's"),
+        ("hydra.run.dir=/tmp/" + "/".join(["b" * 200] * 21), "more than the system's 4095"),
     ],
 )
 def test_a_run_directory_that_cannot_be_made_is_one_line(
@@ -287,6 +289,19 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("perfkit.train: error: ") and expected in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("below", ["", "/run"])
+def test_a_dangling_symlink_as_run_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], below: str
+) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(SystemExit) as exit_:
+        check_output_dir_overrides("perfkit.train", [f"hydra.run.dir={tmp_path / 'link'}{below}"])
+    assert exit_.value.code == 2
+    assert f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in (
+        capsys.readouterr().err
+    )
 
 
 def test_an_unwritable_log_dir_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
