@@ -171,3 +171,47 @@ def save_atomically(value: Any, path: Path) -> None:
         temporary.unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror, str(path)) from error
     temporary.replace(path)
+
+
+# what a resumed run may change: how fast data is loaded, not which data or what is trained on it
+_LOADER_KEYS = frozenset(
+    {"num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "device_resident",
+     "resident_memory_fraction", "eval_batch_size"}
+)  # fmt: skip
+
+
+def check_resume_matches(cfg: Any, run_dir: Path) -> None:
+    """``resume=auto`` continues the run in ``run_dir``: refuse, naming the first differing key, a
+    model, optimizer, scheduler or dataset other than the one its ``config.yaml`` recorded (Lightning
+    would load Adam's state into SGD and fail on ``KeyError: 'momentum'``, or go on with other data)."""
+    from omegaconf import OmegaConf
+
+    recorded_path = run_dir / "config.yaml"
+    if not recorded_path.is_file():
+        return
+    recorded = OmegaConf.to_container(OmegaConf.load(recorded_path), resolve=False)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(recorded, dict) and isinstance(current, dict)
+    for group in ("model", "optimizer", "scheduler", "data"):
+        ignored = _LOADER_KEYS if group == "data" else frozenset()
+        difference = _first_difference(recorded.get(group), current.get(group), group, ignored)
+        if difference:
+            raise ConfigError(
+                f"resume=auto: {difference} differs from the interrupted run's ({recorded_path}); resume with "
+                "the same settings (loader speed settings may change), or start a new run in another "
+                "hydra.run.dir, with ckpt_path=... to start from its weights"
+            )
+
+
+def _first_difference(old: Any, new: Any, where: str, ignored: frozenset[str] = frozenset()) -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if key in ignored:
+                continue
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{where} ({old!r} then, {new!r} now)"
+    return None

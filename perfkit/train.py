@@ -60,7 +60,7 @@ def _train(
     # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
 
-    from perfkit.checkpoint import check_fits, read_checkpoint
+    from perfkit.checkpoint import check_fits, check_resume_matches, read_checkpoint
     from perfkit.run import resume_checkpoint, write_json
     from perfkit.tracking import check_loggers, finish_training_runs
 
@@ -71,6 +71,8 @@ def _train(
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
+    if resume_from:
+        check_resume_matches(cfg, run_dir)
     if ckpt_path:
         key = "resume=auto" if resume_from else "ckpt_path"
         check_fits(read_checkpoint(Path(ckpt_path), key), model, key, Path(ckpt_path))

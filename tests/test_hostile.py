@@ -277,7 +277,10 @@ def test_a_run_id_names_the_directory_for_every_rank(tmp_path: Path, monkeypatch
         ("hydra.run.dir=/etc/hostname/run", "is not a directory"),
         ("hydra.sweep.dir=/etc/hostname/sweep", "is not a directory"),
         ("+hydra.run.dir=/etc/hostname/x/y", "is not a directory"),
-        (f"hydra.run.dir=/tmp/{'a' * 300}/run", "a name in it is 300 bytes long, more than the file system's"),
+        (
+            f"hydra.run.dir=/tmp/{'a' * 300}/run",
+            "a name in it is 300 bytes long, more than the file system's",
+        ),
         ("hydra.run.dir=/tmp/" + "/".join(["b" * 200] * 21), "more than the system's 4095"),
     ],
 )

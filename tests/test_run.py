@@ -15,6 +15,7 @@ import pytest
 
 from perfkit.config import ConfigError
 from perfkit.run import RunDirectory, guard_run_dir, resume_checkpoint, write_json
+from tests.conftest import CLI, run_failure
 
 
 def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
@@ -166,3 +167,24 @@ def test_ctrl_c_during_training_exits_130_and_says_so(tmp_path: Path) -> None:
         err.strip().splitlines()[-1] == f"perfkit.train: interrupted; what finished is in {tmp_path / 'run'}"
     )
     assert last.exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_with_other_settings_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """An interrupted run (checkpoints, no metrics.json) resumed with another optimizer or other
+    data is refused before Lightning loads Adam's state into SGD; loader speed settings may change."""
+    run = tmp_path / "run"
+    quick = ("debug=fast", "logger=none", "data=digits", "model=mlp", f"hydra.run.dir={run}")
+    code, err = cli(*quick)
+    assert code == 0, run_failure(err)
+    (run / "metrics.json").unlink()  # as if killed before the end
+    code, err = cli(*quick, "resume=auto", "optimizer=sgd")
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        "perfkit.train: error: resume=auto: model.optimizer._target_ ('torch.optim.AdamW' then, "
+    )
+    assert "'torch.optim.SGD' now) differs from the interrupted run's" in last
+    code, err = cli(*quick, "resume=auto", "data.val_fraction=0.3")
+    assert code == 2 and "data.val_fraction (0.1 then, 0.3 now) differs" in err
+    code, err = cli(*quick, "resume=auto", "data.num_workers=0", "trainer.max_epochs=3")
+    assert code == 0, run_failure(err)
