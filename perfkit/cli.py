@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
-from perfkit.errors import noting_ctrl_c, storage_fault, user_frame
+from perfkit.errors import noting_ctrl_c, storage_fault, user_frame, worker_fault
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def run_task(
                 return math.nan
         sys.exit(1)
     except Exception as error:
-        if (fault := storage_fault(error)) is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        fault = storage_fault(error) or worker_fault(error)
+        if fault is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
             print(f"{program}: error: {fault}", file=sys.stderr)
             if in_sweep() and is_launching_process():
                 record_failure(fault)

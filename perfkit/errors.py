@@ -84,3 +84,23 @@ def user_frame(error: BaseException) -> str | None:
     with contextlib.suppress(ValueError):  # outside the working directory: the full path
         shown = shown.resolve().relative_to(Path.cwd())
     return f"{shown}:{frame.lineno} in {frame.name}"
+
+
+def worker_fault(error: BaseException) -> str | None:
+    """One line for a DataLoader worker that died (torch: "DataLoader worker (pid 123) is killed by
+    signal: Killed.", "DataLoader worker (pid(s) 123) exited unexpectedly"): the machine's doing, not
+    a bug to show a traceback for."""
+    import re
+
+    text = str(error)
+    pids = re.search(r"DataLoader worker \(pid(?:\(s\))? ?([\d, ]+)\)", text)
+    if not isinstance(error, RuntimeError) or pids is None:
+        return None
+    signal = re.search(r"killed by signal: (\w+)", text)
+    how = f"killed by signal {signal.group(1)}" if signal else "exited unexpectedly"
+    if signal and signal.group(1) == "Killed":
+        how += ", usually the out-of-memory killer"
+    return (
+        f"a DataLoader worker (pid {pids.group(1).strip()}) died ({how}): use fewer data.num_workers or a "
+        "smaller data.batch_size, or free memory; checkpoints written before are kept"
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +115,47 @@ def test_only_storage_faults_get_the_storage_line() -> None:
     )
     assert storage_fault(OSError(errno.ENOENT, "No such file", "x")) is None
     assert storage_fault(ValueError("no")) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        ("DataLoader worker (pid 4242) is killed by signal: Killed. ", "(pid 4242) died (killed by signal Killed, usually the out-of-memory killer)"),
+        ("DataLoader worker (pid(s) 11, 12) exited unexpectedly", "(pid 11, 12) died (exited unexpectedly)"),
+    ],
+)  # fmt: skip
+def test_a_dead_loader_worker_is_one_line(message: str, line: str) -> None:
+    from perfkit.errors import worker_fault
+
+    assert line in (worker_fault(RuntimeError(message)) or "")
+    assert worker_fault(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+@pytest.mark.slow
+def test_killing_a_loader_worker_mid_run_is_one_line(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perfkit.train", "logger=none", "data.num_workers=2", "data.device_resident=false",
+         "data.persistent_workers=true", "trainer.max_epochs=50", "trainer.enable_progress_bar=false",
+         "hydra.run.dir=run"],
+        cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": root},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline, workers = time.monotonic() + 120, []
+    while not workers and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+        workers = found.stdout.split()
+    assert workers, "no DataLoader worker appeared"
+    time.sleep(1.0)
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert (
+        last.startswith("perfkit.train: error: a DataLoader worker (pid ")
+        and "died (killed by signal Killed" in last
+    )
