@@ -144,25 +144,31 @@ def run_task(
                 return math.nan
         sys.exit(1)
     except Exception as error:
-        fault = storage_fault(error) or worker_fault(error)
-        if fault is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"{program}: error: {fault}", file=sys.stderr)
-            if in_sweep() and is_launching_process():
-                record_failure(fault)
-                return math.nan
-            sys.exit(1)
-        from perfkit.data.checks import explain  # imports Lightning: only once something failed
-
-        if (explained := explain(error)) is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"{program}: error: data: {explained}", file=sys.stderr)
-            if in_sweep() and is_launching_process():
-                record_failure(explained)
-                return math.nan
-            sys.exit(2)
-        if _report_failure(program, error):
+        if _report_known_fault(program, error) or _report_failure(program, error):
             return math.nan
         _exit_if_users_code(program, error)
         raise
+
+
+def _report_known_fault(program: str, error: Exception) -> bool:
+    """One line, then exit, for a fault of the machine (full disk, a killed loader worker) or of the
+    data (a float64 batch behind a dtype error); True when the sweep goes on without this job."""
+    from perfkit.data.checks import explain  # imports Lightning: only once something failed
+    from perfkit.run import is_launching_process
+    from perfkit.sweep import in_sweep, record_failure
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return False
+    fault, status = storage_fault(error) or worker_fault(error), 1
+    if fault is None and (explained := explain(error)) is not None:
+        fault, status = f"data: {explained}", 2
+    if fault is None:
+        return False
+    print(f"{program}: error: {fault}", file=sys.stderr)
+    if in_sweep() and is_launching_process():
+        record_failure(fault)
+        return True
+    sys.exit(status)
 
 
 def _interrupted(program: str, cfg: DictConfig) -> None:

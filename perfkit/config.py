@@ -378,7 +378,6 @@ def _missing_keys(node: Any, prefix: str = "") -> Iterator[str]:
 
 def _check_run_options(cfg: DictConfig) -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.strategies import StrategyRegistry
 
     devices = cfg.get("devices")
     if isinstance(devices, ListConfig):
@@ -403,20 +402,8 @@ def _check_run_options(cfg: DictConfig) -> None:
             f"accelerator={cfg.get('accelerator')!r} is not valid; allowed: {', '.join(accelerators)}"
         )
 
-    strategy = cfg.get("strategy")
-    name = strategy.get("name") if isinstance(strategy, DictConfig) else None
-    strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
-    if name not in strategies:
-        raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
-    timeout = strategy.get("timeout_s") if isinstance(strategy, DictConfig) else None
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ConfigError(
-            f"strategy.timeout_s={timeout!r} is not valid: use a number of seconds > 0, or null"
-        )
-
-    _check_cpu_ranks(cfg, devices, num_nodes, str(name))
+    name = _check_strategy(cfg.get("strategy"))
+    _check_cpu_ranks(cfg, devices, num_nodes, name)
     _check_monitor(cfg)
     _check_groups_used(cfg)
     _check_stop_condition(cfg)
@@ -437,6 +424,24 @@ def _check_run_options(cfg: DictConfig) -> None:
     _check_trainer_numbers(cfg.get("trainer"))
     _check_splits(cfg.get("data"))
     _check_int_range(cfg, "")
+
+
+def _check_strategy(strategy: Any) -> str:
+    """The strategy's name, once it and its collective timeout are known to be valid."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    name = strategy.get("name") if isinstance(strategy, DictConfig) else None
+    strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
+    if name not in strategies:
+        raise ConfigError(f"strategy.name={name!r} is not valid; allowed: {', '.join(strategies)}")
+    timeout = strategy.get("timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(
+            f"strategy.timeout_s={timeout!r} is not valid: use a number of seconds > 0, or null"
+        )
+    return str(name)
 
 
 def _check_splits(data: Any) -> None:

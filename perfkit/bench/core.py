@@ -79,11 +79,15 @@ def benchmark(
             for module, training in saved:
                 module.train(training)
     _raise_if_none_ran(report.rows)
-    for row in report.rows:
+    _warn_disagreements(report.rows)
+    return report
+
+
+def _warn_disagreements(rows: list[Row]) -> None:
+    for row in rows:
         for note in row.notes:
             if note.startswith(DISAGREES):
-                warnings.warn(f"perfkit.benchmark: {row.variant}: {note}", stacklevel=2)
-    return report
+                warnings.warn(f"perfkit.benchmark: {row.variant}: {note}", stacklevel=3)
 
 
 DISAGREES = "outputs disagree with"

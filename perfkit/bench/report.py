@@ -66,9 +66,11 @@ def _check_row_types(index: int, values: dict[str, Any]) -> None:
     for name, value in values.items():
         if value is None and name not in ("model", "variant", "device", "mode", "batch_size", "status"):
             continue
-        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if name in _NUMBER_FIELDS and number and not math.isfinite(value):
+            raise TypeError(f"rows[{index}].{name}={value!r} is not finite")
         if (name in _NUMBER_FIELDS and not number) or (name in _TEXT_FIELDS and not isinstance(value, str)):
-            kind = "a finite number" if name in _NUMBER_FIELDS else "text"
+            kind = "a number" if name in _NUMBER_FIELDS else "text"
             raise TypeError(f"rows[{index}].{name}={value!r} is not {kind}")
         if name == "notes" and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
             raise TypeError(f"rows[{index}].notes={value!r} is not a list of text")
