@@ -263,6 +263,10 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool =
     keeper = next((c for c in keepers if c.monitor), keepers[0] if keepers else None)
     best = keeper.best_model_path if keeper else ""
     source = None if final_weights else best or None
+    evaluated = "best checkpoint" if source else "final weights"
+    if source and not Path(source).is_file():  # removed during the run, by something other than perfkit
+        evaluated, source = f"final weights ({best} was removed during the run)", None
+        log.warning("the best checkpoint %s was removed during the run: evaluating the final weights", best)
     weights_only = weights_only_for(model, datamodule)
     results: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
@@ -282,7 +286,7 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool =
         val=results["val"],
         test=results["test"],
         best_checkpoint=best,
-        evaluated="best checkpoint" if source else "final weights",
+        evaluated=evaluated,
         skipped=skipped,
     )
 

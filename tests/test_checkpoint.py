@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from torch import nn
 
 from perfkit.checkpoint import check_fits, read_checkpoint
 from perfkit.config import ConfigError
-from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, broken_checkpoint
+from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, broken_checkpoint, run_failure
 
 
 @pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "other-model"])
@@ -159,3 +160,17 @@ def test_killing_a_loader_worker_mid_run_is_one_line(tmp_path: Path) -> None:
         last.startswith("perfkit.train: error: a DataLoader worker (pid ")
         and "died (killed by signal Killed" in last
     )
+
+
+def test_a_best_checkpoint_deleted_during_the_run_is_said_not_a_crash(cli: CLI, tmp_path: Path) -> None:
+    code, err = cli(
+        "debug=fast", "logger=none", "data=digits", "model=mlp",
+        "+callbacks.rm._target_=tests.toy_models.RemoveCheckpoints",
+    )  # fmt: skip
+    assert code == 0, run_failure(err)
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert (
+        metrics["evaluated"].startswith("final weights (")
+        and "was removed during the run" in metrics["evaluated"]
+    )
+    assert metrics["test"]["acc"] > 0

@@ -109,3 +109,14 @@ def test_an_error_in_the_users_setup_names_its_line(cli: CLI) -> None:
     last = err.strip().splitlines()[-1]
     assert last.startswith("perfkit.train: error in your code, ") and "userpkg/__init__.py:" in last
     assert last.endswith("in setup: KeyError: 'images' (HYDRA_FULL_ERROR=1 shows the traceback)")
+
+
+def test_constant_inputs_are_warned_about(
+    classifier: ImageClassifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        check_batch((torch.ones(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])), "training", classifier)
+    assert (
+        "batch[0] of the first training batch (float32 [4, 1, 4, 4]) is constant (every value 1)"
+        in caplog.text
+    )

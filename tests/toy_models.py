@@ -126,3 +126,14 @@ class UserLightningModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+class RemoveCheckpoints(L.Callback):
+    """Deletes the run's checkpoints/ when fit ends, as a user cleaning up disk space mid-run would."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import shutil
+
+        callback = trainer.checkpoint_callback
+        if trainer.is_global_zero and callback is not None and getattr(callback, "dirpath", None):
+            shutil.rmtree(str(callback.dirpath), ignore_errors=True)

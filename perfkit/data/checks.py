@@ -8,6 +8,7 @@ steps after it cost nothing. ``check_data=false`` turns it off for data that hol
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ import lightning as L
 import torch
 
 from perfkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ConfigError):
@@ -47,6 +50,19 @@ def check_batch(batch: Any, loader: str, module: L.LightningModule) -> list[str]
                 f"data: {described} holds {int(bad.sum())} NaN/inf values, the first in sample {sample}: fix "
                 "or drop those samples (check_data=false if they are meant to be there)"
             )
+        if (
+            tensor.is_floating_point()
+            and tensor.dim() >= 2
+            and len(tensor) > 1
+            and tensor.numel() > len(tensor)
+        ):
+            if bool((tensor == tensor.reshape(-1)[0]).all()):  # e.g. images clipped to white
+                log.warning(
+                    "data: %s is constant (every value %g): a model learns nothing from it but the label "
+                    "frequencies",
+                    described,
+                    float(tensor.reshape(-1)[0]),
+                )
         if tensor.dtype == torch.float64 and weight is not None and weight.dtype != torch.float64:
             hints.append(
                 f"{described} is float64 but the model's weights are {_dtype(weight)}: convert it in the dataset "
