@@ -50,19 +50,12 @@ def check_batch(batch: Any, loader: str, module: L.LightningModule) -> list[str]
                 f"data: {described} holds {int(bad.sum())} NaN/inf values, the first in sample {sample}: fix "
                 "or drop those samples (check_data=false if they are meant to be there)"
             )
-        if (
-            tensor.is_floating_point()
-            and tensor.dim() >= 2
-            and len(tensor) > 1
-            and tensor.numel() > len(tensor)
-        ):
-            if bool((tensor == tensor.reshape(-1)[0]).all()):  # e.g. images clipped to white
-                log.warning(
-                    "data: %s is constant (every value %g): a model learns nothing from it but the label "
-                    "frequencies",
-                    described,
-                    float(tensor.reshape(-1)[0]),
-                )
+        if _constant(tensor):  # e.g. images clipped to white
+            log.warning(
+                "data: %s is constant (every value %g): a model learns nothing from it but the label frequencies",
+                described,
+                float(tensor.reshape(-1)[0]),
+            )
         if tensor.dtype == torch.float64 and weight is not None and weight.dtype != torch.float64:
             hints.append(
                 f"{described} is float64 but the model's weights are {_dtype(weight)}: convert it in the dataset "
@@ -95,6 +88,13 @@ def _check_labels(batch: Any, loader: str, module: L.LightningModule) -> None:
             f"data: the first {loader} batch's label {int(labels.reshape(-1)[sample])} (sample {sample}) is "
             f"outside 0..{classes - 1}: the model has {classes} classes (model.num_classes, from the datamodule)"
         )
+
+
+def _constant(tensor: torch.Tensor) -> bool:
+    """A batch of several samples, each with several values, every one of them equal."""
+    if not tensor.is_floating_point() or tensor.dim() < 2 or len(tensor) < 2:
+        return False
+    return bool((tensor == tensor.reshape(-1)[0]).all())
 
 
 def _dtype(tensor: torch.Tensor) -> str:
