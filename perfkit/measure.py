@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -235,3 +237,65 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, dict):
         return next((t for t in map(_first_tensor, value.values()) if t is not None), None)
     return None
+
+
+# --- how busy the machine is ------------------------------------------------------------------
+
+# torch.utils.benchmark warns when a measurement's IQR exceeds a tenth of its median
+NOISY_DISPERSION = 0.1
+
+
+def dispersion(timing: Timing) -> float:
+    """IQR / median of a variant's samples: 0.1 or more is what torch.utils.benchmark calls noisy."""
+    median = timing.median_ms
+    return timing.iqr_ms / median if median > 0 else math.inf
+
+
+def load_snapshot() -> dict[str, float]:
+    """The load average and the CPU time spent so far, by the whole machine and by this process
+    with its children (from /proc; empty where there is none), for :func:`machine_load`."""
+    snapshot: dict[str, float] = {"time": time.monotonic()}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        snapshot["load_1min"] = os.getloadavg()[0]
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        idle = int(fields[3]) + int(fields[4])  # idle + iowait
+        snapshot["machine_busy_s"] = (sum(int(f) for f in fields[:8]) - idle) / ticks
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        snapshot["own_busy_s"] = (
+            sum(int(own[i]) for i in (11, 12, 13, 14)) / ticks
+        )  # utime stime cutime cstime
+    return snapshot
+
+
+def machine_load(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What else ran while a measurement did: load averages, and the share of the machine's CPU
+    that other processes used in between (0.5 on 2 cores: one core's worth)."""
+    load: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "load_1min_before": before.get("load_1min"),
+        "load_1min_after": after.get("load_1min"),
+    }
+    wall = after["time"] - before["time"]
+    if wall > 0 and all(k in before and k in after for k in ("machine_busy_s", "own_busy_s")):
+        others = (after["machine_busy_s"] - before["machine_busy_s"]) - (
+            after["own_busy_s"] - before["own_busy_s"]
+        )
+        load["other_cpu_share"] = round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3)
+    return load
+
+
+BUSY_SHARE = 0.2  # other processes used a fifth of the CPU: latencies are not this code's alone
+
+
+def busy_sentence(load: dict[str, Any] | None) -> str | None:
+    """One line for a report when the machine was busy, or None."""
+    load = load or {}
+    share = load.get("other_cpu_share")
+    if share is None or share < BUSY_SHARE:
+        return None
+    return (
+        f"**Busy machine**: other processes used {share:.0%} of its {load.get('cpus')} CPUs during the run "
+        f"(load average {load.get('load_1min_before')} before, {load.get('load_1min_after')} after). Speed-ups "
+        "are paired round by round, but latencies are slower than on an idle machine and cells are noisier."
+    )

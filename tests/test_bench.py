@@ -75,7 +75,7 @@ def test_benchmark_measures_every_variant_with_accuracy() -> None:
     eager, wrong = report.row("toy", "eager"), report.row("toy", "wrong")
     assert eager.test_acc == 1.0 and wrong.test_acc == 0.0
     assert eager.speedup is not None and eager.variant == eager.baseline
-    assert wrong.ok and wrong.rounds == 6 and wrong.parameters == 16
+    assert wrong.ok and wrong.rounds in (6, 12) and wrong.parameters == 16
     assert wrong.throughput == pytest.approx(16 / (wrong.latency_ms_median / 1e3))  # type: ignore[operator]
     assert wrong.size_bytes and wrong.size_bytes > 16 * 4
     assert wrong.latency_ms_p10 <= wrong.latency_ms_median <= wrong.latency_ms_p90  # type: ignore[operator]
@@ -574,7 +574,10 @@ def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(
     assert eager.precision == "fp32" and eager.tflops and eager.mfu_measured
     assert report.row("resnet50", "bf16_channels_last", mode="train").precision == "bf16"
     assert set(report.config["matmul_tflops"]) == {"cpu/fp32", "cpu/bf16"}
-    assert "TFLOP/s (MFU)" in (tmp_path / "run" / "report.md").read_text()
+    assert (
+        "| TFLOP/s | % of datasheet peak | % of measured matmul rate |"
+        in (tmp_path / "run" / "report.md").read_text()
+    )
     cells = {(r.model, r.device, r.mode, r.batch_size) for r in report.rows}
     assert sorted(forgotten) == sorted(device for _, device, _, _ in cells)  # after every cell
 

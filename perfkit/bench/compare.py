@@ -5,7 +5,8 @@
 Speed-ups (baseline latency / variant latency, measured interleaved within each run) are compared,
 not absolute latencies: a ratio survives a busier or slower machine, a millisecond figure does not.
 A variant regresses when its speed-up dropped by more than ``--max-regression`` percent *and* the
-new 95% confidence interval lies wholly below the old one, or when the new report lost it.
+new 95% confidence interval lies wholly below the old one, or when the new report lost it. A row
+either report marks ``noisy`` is not judged: the gate says it could not decide.
 Exit status: 0 none regressed, 1 some did, 2 bad input (a new report with no measured rows too).
 """
 
@@ -33,6 +34,9 @@ class Change:
         return self.verdict in ("REGRESSED", "FAILED", "missing")
 
 
+NOISY = "noisy: could not decide"
+
+
 def compare(base: BenchmarkReport, new: BenchmarkReport, max_regression: float) -> list[Change]:
     """One change per measurement in either report, in the base report's order."""
     base_rows = {r.key: r for r in base.rows}
@@ -51,6 +55,8 @@ def _change(key: Key, base: Row | None, new: Row | None, max_regression: float) 
     if base.speedup is None or new.speedup is None:
         return Change(key, base, new, None, "baseline (not gated)")
     change = 100 * (new.speedup / base.speedup - 1)
+    if base.noisy or new.noisy:  # a verdict from a noisy cell would be a guess
+        return Change(key, base, new, change, NOISY)
     base_low, base_high = _interval(base)
     new_low, new_high = _interval(new)
     if -change > max_regression:
@@ -160,5 +166,9 @@ def main(argv: list[str]) -> int:
         names = ", ".join("/".join(map(str, c.key)) for c in regressed)
         print(f"\n{len(regressed)} regression(s): {names}", file=sys.stderr)
         return 1
+    undecided = [c for c in changes if c.verdict == NOISY]
+    if undecided:
+        names = ", ".join("/".join(map(str, c.key)) for c in undecided)
+        print(f"\n{len(undecided)} measurement(s) too noisy to judge (IQR above 10% of the median): {names}")
     print(f"\nno regression beyond {args.max_regression:g}% and the noise ({len(changes)} measurements)")
     return 0

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perfkit.measure import busy_sentence
 from perfkit.run import write_json
 
 Key = tuple[str, str, str, str, int]  # model, variant, device, mode, batch size
@@ -30,6 +31,8 @@ class Row:
     latency_ms_p10: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_iqr: float | None = None
+    dispersion: float | None = None  # IQR / median of the latency samples
+    noisy: bool = False  # dispersion above 0.1 even after re-measuring with more rounds: no verdict
     throughput: float | None = None  # samples per second at the median latency
     peak_memory_bytes: int | None = None  # above what was allocated before the call
     size_bytes: int | None = None  # torch.save(state_dict())
@@ -196,6 +199,16 @@ class BenchmarkReport:
                 "**Incomplete**: the run is in progress or was stopped; these rows are the finished ones.",
                 "",
             ]
+        busy = busy_sentence(self.environment.get("load"))
+        if busy:
+            lines += [busy, ""]
+        if any(r.noisy for r in self.rows):
+            lines += [
+                "Cells marked *noisy* varied by more than a tenth of their median (IQR / median) even when "
+                "measured again with twice the rounds: their speed-ups are no verdict, and the regression "
+                "gate does not judge them.",
+                "",
+            ]
         timing = self.config.get("timing", {})
         if timing:
             lines += [
@@ -208,9 +221,9 @@ class BenchmarkReport:
         for (device, mode, batch), rows in self.sections():
             lines += [f"## {mode}, {device}, batch {batch}", ""]
             lines += [
-                "| model | variant | latency ms | samples/s | speed-up | TFLOP/s (MFU) | peak memory | size "
-                "| parameters | test acc |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| model | variant | latency ms | samples/s | speed-up | TFLOP/s | % of datasheet peak "
+                "| % of measured matmul rate | peak memory | size | parameters | test acc |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             lines += [_table_row(r) for r in rows]
             lines.append("")
@@ -228,10 +241,12 @@ class BenchmarkReport:
         rates = self.config.get("matmul_tflops")
         if rates:
             lines += [
-                "MFU: the time the model FLOPs of a step (torch.utils.flop_counter) take at the datasheet's dense "
-                "peak, over the step's latency; in brackets, at this machine's measured large-matmul rate ("
-                + ", ".join(f"{key}: {value:.1f} TFLOP/s" for key, value in rates.items())
-                + "). Each FLOP counts at the peak of the precision it runs in: on CUDA, a float32 row's "
+                "MFU: the time the model FLOPs of a step (torch.utils.flop_counter) take at a reference rate, "
+                "over the step's latency. Two references: the datasheet's dense peak (known GPUs only), and this "
+                "machine's measured large-matmul rate, the best of its measurements during the run ("
+                + ", ".join(f"{key}: {value:.3g} TFLOP/s" for key, value in rates.items())
+                + "). A row faster than its reference shows no percentage: the reference, not the row, is "
+                "wrong (see the notes). Each FLOP counts at the peak of the precision it runs in: on CUDA, a float32 row's "
                 "convolutions run in TF32 (cuDNN's default, `torch.backends.cudnn.allow_tf32`), so the "
                 "precision shown is that of most of its FLOPs.",
                 "",
@@ -365,6 +380,8 @@ def _table_row(r: Row) -> str:
         speed = "n/a"
     else:
         speed = f"{r.speedup:.2f}x [{_num(r.speedup_ci_low)}-{_num(r.speedup_ci_high)}]"
+    if r.noisy:
+        speed += f" *noisy* (IQR {r.dispersion:.0%} of median)" if r.dispersion is not None else " *noisy*"
     memory = "n/a" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:.1f} MiB"
     size = "n/a" if r.size_bytes is None else f"{r.size_bytes / 1e6:.2f} MB"
     parameters = "n/a" if r.parameters is None else f"{r.parameters:,}"
@@ -376,15 +393,13 @@ def _table_row(r: Row) -> str:
 
 
 def _utilization(r: Row) -> str:
-    """'330 (33.4% of bf16 peak) [41.2%]': achieved TFLOP/s, MFU against the peak and the matmul rate."""
+    """Three cells: achieved TFLOP/s, % of the datasheet's peak in the row's precision, % of this
+    machine's measured matmul rate ("n/a" where there is no such reference)."""
     if r.tflops is None:
-        return "n/a"
-    text = f"{r.tflops:.3g}"
-    if r.mfu is not None:
-        text += f" ({r.mfu:.1%} of {r.precision} peak)"
-    if r.mfu_measured is not None:
-        text += f" [{r.mfu_measured:.1%}]"
-    return text
+        return "n/a | n/a | n/a"
+    peak = f"{r.mfu:.1%} ({r.precision})" if r.mfu is not None else "no datasheet peak"
+    measured = f"{r.mfu_measured:.1%}" if r.mfu_measured is not None else "n/a"
+    return f"{r.tflops:.3g} | {peak} | {measured}"
 
 
 def _describe_rows(rows: list[Row], all_variants: list[str]) -> str:

@@ -27,6 +27,7 @@ from perfkit.bench.report import BenchmarkReport
 from perfkit.bench.variants import Settings, build, skip_reason
 from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
 from perfkit.errors import is_interrupt
+from perfkit.measure import load_snapshot, machine_load
 from perfkit.optim import prune
 from perfkit.schemas import Bench as BenchConfig
 from perfkit.schemas import is_device
@@ -87,6 +88,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     torch.manual_seed(cfg.seed)
     report = _empty_report(cfg, spec)
+    started = load_snapshot()
     # one tick per model prepared and per interleaved round of each cell
     total = len(spec.models) * (spec.cells_per_model * spec.rounds + 1)
     bar = tqdm(total=total, desc="perfkit.bench", unit="round", disable=None, dynamic_ncols=True)
@@ -103,11 +105,13 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
         except BaseException as error:  # Ctrl-C, or the exit Lightning makes of it while training
             if not is_interrupt(error):
                 raise
+            report.environment["load"] = machine_load(started, load_snapshot())
             report.save(output_dir, plots=bool(report.rows))
             raise KeyboardInterrupt from None
         finally:
             bar.close()
     report.complete = True
+    report.environment["load"] = machine_load(started, load_snapshot())
     written = report.save(output_dir)
     log.info("report in %s", output_dir)
     if tracking is not None:
