@@ -42,7 +42,7 @@ def exit_seconds(*, freeze: bool) -> float:
     return ended - float(printed)
 
 
-def run_default_job(run_dir: Path) -> dict[str, Any]:
+def run_default_job(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """The README's default job as a user runs it (progress bar off); its metrics.json."""
     subprocess.run(
         [
@@ -51,6 +51,7 @@ def run_default_job(run_dir: Path) -> dict[str, Any]:
             "perfkit.train",
             f"hydra.run.dir={run_dir}",
             "trainer.enable_progress_bar=false",
+            *overrides,
         ],
         check=True,
         capture_output=True,
@@ -59,9 +60,9 @@ def run_default_job(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def default_job(workdir: Path, index: int) -> dict[str, float]:
+def default_job(workdir: Path, index: int, overrides: tuple[str, ...] = ()) -> dict[str, float]:
     started = time.perf_counter()
-    metrics = run_default_job(workdir / f"job-{index}")
+    metrics = run_default_job(workdir / f"job-{index}", overrides)
     wall = time.perf_counter() - started
     first, fit = metrics["time_to_first_step_s"], metrics["fit_time_s"]
     return {
@@ -74,13 +75,13 @@ def default_job(workdir: Path, index: int) -> dict[str, float]:
     }
 
 
-def measure(rounds: int, progress: Any) -> dict[str, list[float]]:
+def measure(rounds: int, progress: Any, overrides: tuple[str, ...] = ()) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="perfkit-startup-") as workdir:
         steps: list[tuple[str, Any]] = [
             ("import_torch_s", lambda _: import_seconds("torch")),
             ("import_lightning_s", lambda _: import_seconds("torch, lightning")),
-            ("job", lambda index: default_job(Path(workdir), index)),
+            ("job", lambda index: default_job(Path(workdir), index, overrides)),
             ("exit_s", lambda _: exit_seconds(freeze=False)),
             ("exit_frozen_s", lambda _: exit_seconds(freeze=True)),
         ]
@@ -145,11 +146,12 @@ def write(samples: dict[str, list[float]], rounds: int) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="perfkit.train overrides for the job (a smaller one)")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
     with tqdm(total=args.rounds, unit="round", desc="startup") as bar:
-        samples = measure(args.rounds, lambda: bar.update(1))
+        samples = measure(args.rounds, lambda: bar.update(1), tuple(args.overrides))
     path = write(samples, args.rounds)
     first = statistics.median(samples["time_to_first_step_s"])
     print(f"time to first step {first:.2f} s; report: {path} (and .md, .png)")

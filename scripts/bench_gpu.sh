@@ -6,6 +6,11 @@ usage() {
     cat <<USAGE
 usage: scripts/bench_gpu.sh PRESET [OVERRIDE ...]
 
+verify OUT [--dry-run] [--budget-s S]: the one GPU check, run first whenever a GPU is lent: the gpu
+  tests, training parity (default job, digits MLP, mnist_resnet18, CUDA graphs), bench=gpu trimmed,
+  perfkit.profile on the GPU and start-up time, each time-boxed within 9 minutes; at most 8 files in
+  OUT (no folders), and the figures the docs' GPU claims rest on printed at the end. --dry-run runs
+  the same steps on the CPU at toy sizes (a fast test does). python -m benchmarks.verify --help.
 quick, full, gpu: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
   report.json (which names the GPU), report.md and the plots to benchmarks/results/bench-PRESET-cuda/
   (a new dated directory if that one exists: never overwritten).
@@ -28,14 +33,14 @@ USAGE
 
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
-    "") usage >&2; echo "error: PRESET is required (quick, full, gpu, parity, startup or tests)" >&2; exit 2 ;;
+    "") usage >&2; echo "error: PRESET is required (verify, quick, full, gpu, parity, startup or tests)" >&2; exit 2 ;;
 esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
-case "$preset" in parity | startup | tests) own_command=1 ;; *) own_command=0 ;; esac
+case "$preset" in verify | parity | startup | tests) own_command=1 ;; *) own_command=0 ;; esac
 if [ $own_command = 0 ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: quick, full, gpu, parity, startup, tests" >&2
+    echo "error: unknown PRESET '$preset'; allowed: verify, quick, full, gpu, parity, startup, tests" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"
@@ -51,6 +56,11 @@ if ! unmet=$("$python" "$here/scripts/check_requirements.py"); then
     echo "$unmet" | sed 's/^/  /' >&2
     echo "  carry wheels for them: scripts/device_wheels.sh .whl" >&2
 fi
+dry_run=0
+for argument in "$@"; do [ "$argument" = --dry-run ] && dry_run=1; done
+if [ "$preset" = verify ] && [ $dry_run = 1 ]; then
+    cd "$here" && exec "$python" -m benchmarks.verify "$@"
+fi
 if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     if [ $own_command = 1 ]; then
         echo "error: no CUDA device on this machine; '$preset' is the GPU half (its CPU half runs without this script)" >&2
@@ -58,6 +68,9 @@ if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() el
         echo "error: no CUDA device on this machine; on a CPU run: python -m perfkit.bench bench=$preset device=cpu" >&2
     fi
     exit 2
+fi
+if [ "$preset" = verify ]; then
+    cd "$here" && exec "$python" -m benchmarks.verify "$@"
 fi
 if [ "$preset" = parity ]; then
     cd "$here" && exec "$python" -m benchmarks.parity --device cuda "$@"

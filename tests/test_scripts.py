@@ -36,7 +36,7 @@ def test_bench_gpu_script_rejects_an_unknown_preset() -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == "error: unknown PRESET 'huge'; allowed: quick, full, gpu, parity, startup, tests"
+        == "error: unknown PRESET 'huge'; allowed: verify, quick, full, gpu, parity, startup, tests"
     )
 
 
@@ -113,3 +113,36 @@ def test_device_wheels_account_for_every_requirement() -> None:
     pyproject = tomllib.loads((SCRIPTS.parent / "pyproject.toml").read_text())
     required = [Requirement(line).name for line in pyproject["project"]["dependencies"]]
     assert sorted(placed) == sorted(required)
+
+
+def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/bench_gpu.sh verify --dry-run: every step of the GPU check at toy sizes, its files
+    within what a lent machine sends back (8, no folders), its summary read back from them."""
+    import json
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [SCRIPTS / "bench_gpu.sh", "verify", str(out), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:] + (out / "verify.log").read_text()[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.json", "bench.md", "parity.json", "parity.md", "profile.md", "startup.json",
+                     "startup.md", "verify.log"]  # fmt: skip
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert {step["status"] for step in summary["steps"].values()} == {"ok"}
+    assert summary["parity"]["digits_mlp"]["perfkit_vs_plain"] > 0
+    assert {(r["model"], r["variant"]) for r in summary["bench"]} >= {("mlp", "eager")}
+    assert summary["startup"]["time_to_first_step_s"]["median"] > 0
+    assert "profiled steps on cpu" in (out / "profile.md").read_text()
+
+
+def test_the_gpu_check_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    result = subprocess.run(
+        [SCRIPTS / "bench_gpu.sh", "verify", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "no CUDA device on this machine" in result.stderr
