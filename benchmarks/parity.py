@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+from perfkit.measure import NOISY_DISPERSION
+
 # job -> overrides; on a CPU the ResNet-18 job is cut to a few batches an epoch (a full epoch takes
 # minutes on 2 cores), identically for every variant
 JOBS: dict[str, list[str]] = {
@@ -346,6 +348,9 @@ def summarise(result: JobResult) -> dict[str, Any]:
             "ratio": statistics.median(ratios),
             "ci95": [low, high],
             "per_step_overhead_ms": statistics.median(overhead),
+            # IQR / median of the per-round ratios: above 0.1 the rounds disagree too much for a verdict
+            "dispersion": round(_dispersion(ratios), 4),
+            "noisy": _dispersion(ratios) > NOISY_DISPERSION,
         }
     summary["perfkit_variants"], summary["failed"] = result.perfkit_variants, dict(result.failed)
     return summary
@@ -378,8 +383,8 @@ def write(
                 f"{plain['samples_per_s']:,.0f}",
                 f"{resident['samples_per_s']:,.0f}",
                 f"{ours['samples_per_s']:,.0f}",
-                f"**{vs_plain['ratio']:.2f}x** ({_ci(vs_plain['ci95'])})",
-                f"{vs_resident['ratio']:.2f}x ({_ci(vs_resident['ci95'])})",
+                f"**{vs_plain['ratio']:.2f}x** ({_ci(vs_plain['ci95'])}){_noisy(vs_plain)}",
+                f"{vs_resident['ratio']:.2f}x ({_ci(vs_resident['ci95'])}){_noisy(vs_resident)}",
                 f"{vs_plain['per_step_overhead_ms']:+.2f}",
                 f"{plain['fit_s']:.2f} / {ours['fit_s']:.2f}",
                 f"{plain['val_acc']:.3f} / {ours['val_acc']:.3f}",
@@ -445,6 +450,17 @@ def _variant_notes(results: list[dict[str, Any]]) -> list[str]:
                 f"- {r['job']}: perfkit with `{' '.join(overrides.get(name, [name]))}` failed: {error}"
             )
     return (["perfkit with one setting changed (the same interleaved rounds):", *lines]) if lines else []
+
+
+def _dispersion(values: list[float]) -> float:
+    if len(values) < 4:
+        return 0.0  # too few rounds for quartiles: the interval says how little is known
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return (quartiles[2] - quartiles[0]) / statistics.median(values)
+
+
+def _noisy(vs: dict[str, Any]) -> str:
+    return f" *noisy* (IQR {vs['dispersion']:.0%})" if vs.get("noisy") else ""
 
 
 def _ci(interval: list[float]) -> str:

@@ -15,9 +15,12 @@ from typing import Any
 import torch
 
 from perfkit.bench.report import machine_line
+from perfkit.measure import busy_sentence, load_snapshot, machine_load
 from perfkit.run import environment, write_json
 
 RESULTS_DIR = Path(os.environ.get("PERFKIT_BENCH_RESULTS", Path(__file__).parent / "results"))
+# a benchmark imports this module before it measures: how busy the machine was is taken from here on
+_STARTED = load_snapshot()
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -58,11 +61,12 @@ def write_report(
     """Write ``name-<device>.json`` (``data`` plus the environment), ``.md`` (``table``: header row
     first) and, when given a matplotlib ``figure``, ``.png``. Returns the JSON path."""
     stem = RESULTS_DIR / f"{name}-{device_tag()}"
-    env = environment()
+    env = {**environment(), "load": machine_load(_STARTED, load_snapshot())}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), {"environment": env, **data})
     header, *rows = table
-    lines = [f"# {title}", "", machine_line(env), "", *description, ""]
+    busy = busy_sentence(env["load"])
+    lines = [f"# {title}", "", machine_line(env), "", *([busy, ""] if busy else []), *description, ""]
     lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     notes = list(notes)

@@ -549,6 +549,7 @@ GPU_PRESET_ON_A_CPU = [
 ]
 
 
+@pytest.mark.slow  # ~45 s: bf16 rows on an AVX2 CPU take the slow path
 def test_gpu_preset_runs_at_a_reduced_size_on_the_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

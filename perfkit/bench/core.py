@@ -65,7 +65,6 @@ def benchmark(
             raise TypeError(
                 f"perfkit.benchmark: variant {name!r} is a {type(variant).__name__}, not an nn.Module"
             )
-    device = torch.device(device)
     _warn_if_not_finite(example_inputs)
     report = BenchmarkReport(environment=_environment(), config={"timing": _timing(rounds, warmup, threads)})
     modes = {name: [(m, m.training) for m in variant.modules()] for name, variant in variants.items()}
@@ -75,7 +74,7 @@ def benchmark(
             variants,
             example_inputs,
             model_name=model_name,
-            device=device,
+            device=torch.device(device),
             mode=mode,
             targets=targets,
             loss_fn=loss_fn,
@@ -167,11 +166,8 @@ def measure_variants(
         lambda model: step_function(model, inputs, device, mode, targets, loss_fn, optimizer),
         outputs,
     )
-    if mode == "inference" and baseline in outputs:
-        for name, output in outputs.items():
-            disagreement = output_disagreement(outputs[baseline], output)
-            if name != baseline and disagreement:
-                rows[name].notes.append(f"{DISAGREES} {baseline}'s: {disagreement}")
+    if mode == "inference":
+        _note_disagreements(rows, outputs, baseline)
 
     timings, memory = _time_steps(steps, rounds, warmup, device, threads, progress)
     timings, rounds = _retimed_if_noisy(steps, timings, rounds, device, threads)
@@ -185,6 +181,13 @@ def measure_variants(
     if matmul_rates is not None:
         matmul_rates.update(rates)
     return list(rows.values())
+
+
+def _note_disagreements(rows: dict[str, Row], outputs: dict[str, Any], baseline: str) -> None:
+    for name, output in outputs.items():
+        disagreement = output_disagreement(outputs[baseline], output) if baseline in outputs else None
+        if name != baseline and disagreement:
+            rows[name].notes.append(f"{DISAGREES} {baseline}'s: {disagreement}")
 
 
 def _check_cell(

@@ -191,24 +191,7 @@ class BenchmarkReport:
         yield from groups.items()
 
     def to_markdown(self) -> str:
-        lines = ["# perfkit benchmark report", ""]
-        if self.environment:
-            lines += [machine_line(self.environment), ""]
-        if not self.complete:
-            lines += [
-                "**Incomplete**: the run is in progress or was stopped; these rows are the finished ones.",
-                "",
-            ]
-        busy = busy_sentence(self.environment.get("load"))
-        if busy:
-            lines += [busy, ""]
-        if any(r.noisy for r in self.rows):
-            lines += [
-                "Cells marked *noisy* varied by more than a tenth of their median (IQR / median) even when "
-                "measured again with twice the rounds: their speed-ups are no verdict, and the regression "
-                "gate does not judge them.",
-                "",
-            ]
+        lines = ["# perfkit benchmark report", "", *self._caveats()]
         timing = self.config.get("timing", {})
         if timing:
             lines += [
@@ -260,6 +243,27 @@ class BenchmarkReport:
         if notes:
             lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
         return "\n".join(lines).rstrip()
+
+    def _caveats(self) -> list[str]:
+        """The machine, and what a reader must know before trusting a figure: an incomplete run, a
+        busy machine, noisy cells."""
+        lines = [machine_line(self.environment), ""] if self.environment else []
+        if not self.complete:
+            lines += [
+                "**Incomplete**: the run is in progress or was stopped; these rows are the finished ones.",
+                "",
+            ]
+        busy = busy_sentence(self.environment.get("load"))
+        if busy:
+            lines += [busy, ""]
+        if any(r.noisy for r in self.rows):
+            lines += [
+                "Cells marked *noisy* varied by more than a tenth of their median (IQR / median) even when "
+                "measured again with twice the rounds: their speed-ups are no verdict, and the regression "
+                "gate does not judge them.",
+                "",
+            ]
+        return lines
 
     def __str__(self) -> str:
         return self.to_markdown()
