@@ -17,8 +17,8 @@ budget, so a cut run still leaves every finished step's files:
 At most 8 files land in OUT, none in a folder (what a lent GPU machine sends back): verify.log (every
 step's output and the summary), parity.{json,md}, bench.{json,md}, profile.md, startup.{json,md}.
 The summary printed at the end is the figures the docs' GPU sentences rest on. ``--dry-run`` runs the
-same steps on the CPU at toy sizes in well under a minute, so the command is known to work before a
-GPU is ever lent (a fast test runs it).
+same steps on the CPU at toy sizes in a minute or two, so the command is known to work before a
+GPU is ever lent (a slow test runs it; CI runs the slow tests).
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def steps(work: Path, dry_run: bool) -> list[Step]:
     )
     startup = [python, "-m", "benchmarks.startup", "--rounds", "1" if dry_run else "2"]
     startup += ["debug=fast", "data=digits", "model=mlp", "logger=none"] if dry_run else []
-    # seconds per step on an H200 (9 minutes together), and at the dry run's toy sizes on 2 CPU cores
-    box = dict(zip(("tests", "parity", "bench", "profile", "startup"), (40, 45, 45, 30, 40) if dry_run
+    # seconds per step on an H200 (9 minutes together); the dry run checks the commands, not the
+    # time, so its boxes only catch a hang (a busy 2-core CI host takes 40 s for the start-up step)
+    box = dict(zip(("tests", "parity", "bench", "profile", "startup"), (180, 180, 180, 180, 180) if dry_run
                    else (150, 170, 170, 60, 60), strict=True))  # fmt: skip
     return [
         Step("gpu tests", tests, box["tests"]),

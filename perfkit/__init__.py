@@ -18,6 +18,8 @@ _LAZY_ATTRIBUTES = {
     "ConfigError": "perfkit.config",
     "benchmark": "perfkit.bench",
     "compile": "perfkit.optim",
+    "export": "perfkit.optim",
+    "ExportError": "perfkit.optim",
     "prune": "perfkit.optim",
     "quantize": "perfkit.optim",
     "reports": "perfkit.optim",
@@ -28,16 +30,18 @@ _LAZY_ATTRIBUTES = {
 if TYPE_CHECKING:
     from perfkit.bench import BenchmarkReport, benchmark
     from perfkit.errors import ConfigError
-    from perfkit.optim import OptimizationReport, compile, prune, quantize, reports
+    from perfkit.optim import ExportError, OptimizationReport, compile, export, prune, quantize, reports
     from perfkit.tune import tune
 
 __all__ = [
     "BenchmarkReport",
     "ConfigError",
+    "ExportError",
     "OptimizationReport",
     "__version__",
     "benchmark",
     "compile",
+    "export",
     "prune",
     "quantize",
     "reports",

@@ -164,7 +164,9 @@ def typed_root(cfg: DictConfig, schema: type[T]) -> T:
         if name in cfg:
             node = cfg[name]
             values[name] = (
-                OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+                OmegaConf.to_container(node, resolve=True)
+                if isinstance(node, DictConfig | ListConfig)
+                else node
             )
     return build_typed(schema, values, "")
 

@@ -40,7 +40,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     checkpoint, run_cfg = load_run(cfg.ckpt_path)
     device = _check_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    RunDirectory(output_dir, precious=("comparison.json", "optimized.pt"))
+    RunDirectory(output_dir, precious=("comparison.json", "optimized.pt", "model.onnx", "model.pt2"))
 
     torch.manual_seed(cfg.seed)
     datamodule, model = build(run_cfg)
@@ -56,9 +56,10 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     evaluator = Evaluator(model, path, datamodule, device, str(run_cfg.get("monitor", "")))
     stages = _transform_stages(cfg, model, path, evaluator, run_cfg, device)
+    final = get_network(stages[-1][1], path)
+    exports = _export_stages(stages, evaluator, cfg, output_dir)
     rows, call = _measure_stages(stages, evaluator, cfg, device)
 
-    final = get_network(stages[-1][1], path)
     save_atomically(final, output_dir / "optimized.pt")
     result = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -70,6 +71,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         "rounds": cfg.benchmark.rounds,
         "score": evaluator.score_description(),
         "rows": rows,
+        "exports": exports,
         "reports": [r.to_dict() for r in reports(final)],
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": environment(),
@@ -175,8 +177,10 @@ def _transform_stages(
         current = compile_model(current, mode=cfg.compile_mode)
         label = f"{stages[-1][0]} + compile" if len(stages) > 1 else "compile"
         stages.append((label, with_network(model, path, current.eval())))
-    if len(stages) == 1:
-        raise ConfigError("nothing to do: set prune.amount, quantize=int8_dynamic and/or compile=true")
+    if len(stages) == 1 and not cfg.export:
+        raise ConfigError(
+            "nothing to do: set prune.amount, quantize=int8_dynamic, compile=true and/or export=[onnx,aoti]"
+        )
     return stages
 
 
@@ -194,6 +198,52 @@ def _example_call(evaluator: Evaluator, model: Any) -> Any:
             "test step to watch, no example_input_array, and its batches are not (inputs, ...) tuples"
         )
     return call
+
+
+def _export_stages(
+    stages: list[tuple[str, Any]], evaluator: Evaluator, cfg: DictConfig, output_dir: Path
+) -> list[dict[str, Any]]:
+    """Export the last stage's network in each of ``cfg.export``'s formats into the run directory,
+    and add each artifact that passed its check as a stage of its own (scored and timed like the
+    others). A format that fails is one line in the log and in the returned records; the rest still run."""
+    from perfkit.network import get_network, with_network
+    from perfkit.optim import CompiledModule
+    from perfkit.optim.exporting import SUFFIXES, ExportError, export_checked, load
+    from perfkit.optim.report import count_parameters
+
+    if not cfg.export:
+        return []
+    label, module = stages[-1]
+    network = get_network(module, evaluator.path)
+    if isinstance(network, CompiledModule):  # exporting compiles ahead of time: export the eager network
+        network = network.module
+    call = _example_call(evaluator, stages[0][1]).resized(cfg.benchmark.batch_size).to("cpu")
+    records: list[dict[str, Any]] = []
+    for format in cfg.export:
+        record: dict[str, Any] = {"format": format, "of": label}
+        try:
+            if call.kwargs:
+                raise ExportError(
+                    "the network is called with keyword arguments; export takes positional inputs"
+                )
+            artifact, checked = export_checked(
+                network.cpu(), call.args, format=format, path=output_dir / f"model{SUFFIXES[format]}"
+            )
+        except ExportError as error:
+            log.warning("export %s: %s", format, error)
+            records.append({**record, "error": str(error)})
+            continue
+        loaded = load(artifact, device=cfg.device, threads=cfg.benchmark.threads)
+        loaded.source_parameters = count_parameters(network)
+        stages.append(
+            (
+                f"{label} -> {format}" if len(stages) > 1 else format,
+                with_network(stages[0][1], evaluator.path, loaded),
+            )
+        )
+        records.append({**record, **checked.to_dict()})
+        log.info("export %s: %s (%.1f MB, checked against eager)", format, artifact, checked.size_bytes / 1e6)
+    return records
 
 
 def _measure_stages(
@@ -225,8 +275,8 @@ def _measure_stages(
             "variant": name,
             "metrics": metrics,
             "output_drift": drift,
-            "parameters": count_parameters(network),
-            "size_bytes": serialized_size(network),
+            "parameters": getattr(network, "source_parameters", None) or count_parameters(network),
+            "size_bytes": getattr(network, "size_bytes", None) or serialized_size(network),
         }
         accuracy = _accuracy(metrics)
         if accuracy is not None:

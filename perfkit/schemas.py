@@ -19,6 +19,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 PruneMethod = Literal["l1_unstructured", "random_unstructured", "global_l1", "ln_structured", "channels"]
 QuantizeScheme = Literal["int8_dynamic"]
 QuantizeBackend = Literal["auto", "torch_ao", "torchao"]
+ExportFormat = Literal["aoti", "onnx"]  # AOTInductor package (.pt2), ONNX (.onnx)
 BenchModel = Literal["cnn", "mlp", "resnet18", "vit", "resnet50", "vit_b_16"]
 BenchVariant = Literal[
     "eager",
@@ -202,6 +203,8 @@ class PostTraining:
     quantize_backend: QuantizeBackend = "auto"
     compile: bool = False
     compile_mode: CompileMode = "default"
+    # artifacts of the last stage a serving stack loads, each checked and scored as a stage of its own
+    export: list[ExportFormat] = field(default_factory=list)
     benchmark: LatencyTiming = field(default_factory=LatencyTiming)
 
     def __post_init__(self) -> None:

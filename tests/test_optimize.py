@@ -141,3 +141,51 @@ def test_cli_with_compile(trained_checkpoint: Path, tmp_path: Path) -> None:
     assert "| int8_dynamic + compile |" in out
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]
     assert abs(rows[2]["test_acc"] - rows[1]["test_acc"]) < 0.01  # compile keeps the numbers
+
+
+def test_export_adds_checked_artifacts_scored_like_the_stages(
+    trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """export=[onnx]: the pruned network as an ONNX file in the run directory, scored by the module's
+    own test step through ONNX Runtime and timed beside the other stages."""
+    cfg = _compose(
+        f"ckpt_path={trained_checkpoint}",
+        "prune.amount=0.5",
+        "prune.finetune_epochs=0",
+        "export=[onnx]",
+        output_dir=tmp_path,
+    )
+    result = optimize(cfg)
+    pruned, exported = result["rows"][1:]
+    assert exported["variant"] == "prune channels 0.5 -> onnx"
+    assert exported["test_acc"] == pytest.approx(pruned["test_acc"], abs=1e-3)
+    # drift is against the original; the artifact's against the pruned network is in its record
+    assert exported["output_drift"]["argmax_agreement"] == pytest.approx(
+        pruned["output_drift"]["argmax_agreement"], abs=0.02
+    )
+    assert exported["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert exported["parameters"] == pruned["parameters"] and exported["latency_ms_median"] > 0
+    (record,) = result["exports"]
+    assert record["format"] == "onnx" and record["max_abs_diff_relative"] < 1e-4
+    assert record["argmax_agreement"] == 1.0
+    assert "model.onnx" in (tmp_path / "serve.md").read_text()
+
+
+def test_a_format_that_cannot_export_is_one_line_and_the_others_still_run(
+    trained_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perfkit.optim import exporting
+
+    real = exporting._write
+
+    def aoti_fails(format: str, *args: object) -> None:
+        if format == "aoti":
+            raise exporting.ExportError("cannot export the model (operator aten::fancy): try another format")
+        real(format, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exporting, "_write", aoti_fails)
+    result = optimize(_compose(f"ckpt_path={trained_checkpoint}", "export=[aoti,onnx]", output_dir=tmp_path))
+    assert [row["variant"] for row in result["rows"]] == ["original", "onnx"]
+    failed, done = result["exports"]
+    assert "aten::fancy" in failed["error"] and "error" not in done
+    assert not (tmp_path / "model.pt2").exists()

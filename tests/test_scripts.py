@@ -115,6 +115,7 @@ def test_device_wheels_account_for_every_requirement() -> None:
     assert sorted(placed) == sorted(required)
 
 
+@pytest.mark.slow  # 70-90 s: five programs, each importing Lightning
 def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     """scripts/bench_gpu.sh verify --dry-run: every step of the GPU check at toy sizes, its files
     within what a lent machine sends back (8, no folders), its summary read back from them."""
