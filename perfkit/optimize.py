@@ -10,6 +10,7 @@ Writes into its run directory: ``optimized.pt`` (the final model, ``torch.load(.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
 
     from perfkit.network import get_network, network_path
     from perfkit.optim import reports
+    from perfkit.optim.exporting import FILE_NAMES
     from perfkit.run import RunDirectory, environment, write_json
     from perfkit.train import build
 
@@ -40,7 +42,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     checkpoint, run_cfg = load_run(cfg.ckpt_path)
     device = _check_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    RunDirectory(output_dir, precious=("comparison.json", "optimized.pt", "model.onnx", "model.pt2"))
+    RunDirectory(output_dir, precious=("comparison.json", "optimized.pt", "serve.json", *FILE_NAMES.values()))
 
     torch.manual_seed(cfg.seed)
     datamodule, model = build(run_cfg)
@@ -59,6 +61,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     final = get_network(stages[-1][1], path)
     exports = _export_stages(stages, evaluator, cfg, output_dir)
     rows, call = _measure_stages(stages, evaluator, cfg, device)
+    serve = _serve(stages, rows, evaluator.path, call, cfg, output_dir) if cfg.serve.enabled else None
 
     save_atomically(final, output_dir / "optimized.pt")
     result = {
@@ -72,6 +75,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         "score": evaluator.score_description(),
         "rows": rows,
         "exports": exports,
+        "serve": serve,
         "reports": [r.to_dict() for r in reports(final)],
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": environment(),
@@ -142,6 +146,8 @@ def _check_options(cfg: DictConfig) -> Any:
         raise ConfigError("device=cuda is not available on this machine; use device=cpu")
     if options.quantize and device.type != "cpu":
         raise ConfigError(f"quantize={options.quantize} runs on the CPU only; use device=cpu")
+    if options.serve.enabled and device.type != "cpu":
+        raise ConfigError("serve.enabled=true measures serving on the CPU; use device=cpu")
     return device
 
 
@@ -152,7 +158,7 @@ def _transform_stages(
     quantize, compile. The original is scored first, which also records the network's inputs."""
     from perfkit.network import get_network, with_network
     from perfkit.optim import compile as compile_model
-    from perfkit.optim import prune, quantize
+    from perfkit.optim import prune, quantize, reports
 
     model = model.eval()
     stages: list[tuple[str, Any]] = [("original", model)]
@@ -170,8 +176,18 @@ def _transform_stages(
             label += f" + fine-tune {cfg.prune.finetune_epochs} ep"
         stages.append((label, with_network(model, path, current.eval())))
     if cfg.quantize:
-        current = quantize(current, scheme=cfg.quantize, backend=cfg.quantize_backend)
-        label = f"{stages[-1][0]} + {cfg.quantize}" if len(stages) > 1 else cfg.quantize
+        # backend=auto times torch.ao and torchao on the network's inputs, as the next stage runs it
+        inputs = None if example.kwargs else example.resized(cfg.benchmark.batch_size).to("cpu").args
+        current = quantize(
+            current,
+            scheme=cfg.quantize,
+            backend=cfg.quantize_backend,
+            example_inputs=inputs,
+            compiled=cfg.compile,
+        )
+        backend = reports(current)[-1].transform.rpartition("backend=")[2].rstrip(")")
+        name = f"{cfg.quantize} ({backend})"
+        label = f"{stages[-1][0]} + {name}" if len(stages) > 1 else name
         stages.append((label, with_network(model, path, current)))
     if cfg.compile:
         current = compile_model(current, mode=cfg.compile_mode)
@@ -208,12 +224,15 @@ def _export_stages(
     others). A format that fails is one line in the log and in the returned records; the rest still run."""
     from perfkit.network import get_network, with_network
     from perfkit.optim import CompiledModule
-    from perfkit.optim.exporting import SUFFIXES, ExportError, export_checked, load
+    from perfkit.optim.exporting import FILE_NAMES, ExportError, export_checked, load
     from perfkit.optim.report import count_parameters
 
     if not cfg.export:
         return []
     label, module = stages[-1]
+    if cfg.quantize:  # torch.export takes float networks; the int8 formats quantize with ONNX Runtime
+        label, module = stages[1] if cfg.prune.amount else stages[0]
+        log.info("export: from %s, the float network before quantize=%s", label, cfg.quantize)
     network = get_network(module, evaluator.path)
     if isinstance(network, CompiledModule):  # exporting compiles ahead of time: export the eager network
         network = network.module
@@ -227,7 +246,13 @@ def _export_stages(
                     "the network is called with keyword arguments; export takes positional inputs"
                 )
             artifact, checked = export_checked(
-                network.cpu(), call.args, format=format, path=output_dir / f"model{SUFFIXES[format]}"
+                network.cpu(),
+                call.args,
+                format=format,
+                path=output_dir / FILE_NAMES[format],
+                calibration=_calibration_batches(evaluator, stages[0][1], call)
+                if "static" in format
+                else None,
             )
         except ExportError as error:
             log.warning("export %s: %s", format, error)
@@ -237,13 +262,82 @@ def _export_stages(
         loaded.source_parameters = count_parameters(network)
         stages.append(
             (
-                f"{label} -> {format}" if len(stages) > 1 else format,
+                format if label == "original" else f"{label} -> {format}",
                 with_network(stages[0][1], evaluator.path, loaded),
             )
         )
         records.append({**record, **checked.to_dict()})
         log.info("export %s: %s (%.1f MB, checked against eager)", format, artifact, checked.size_bytes / 1e6)
     return records
+
+
+def _serve(
+    stages: list[tuple[str, Any]],
+    rows: list[dict[str, Any]],
+    path: str,
+    call: Any,
+    cfg: DictConfig,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """Every stage as a serving candidate (perfkit.serving): cold start in a fresh process, batch-1
+    latency percentiles, throughput, peak memory, size and the test accuracy already measured."""
+    from perfkit.network import get_network
+    from perfkit.optim import CompiledModule
+    from perfkit.serving import Candidate, serve_benchmark
+
+    if call.kwargs:
+        raise ConfigError(
+            "serve.enabled: the network is called with keyword arguments; serving takes positional inputs"
+        )
+    candidates = []
+    for (name, module), row in zip(stages, rows, strict=True):
+        network = get_network(module, path).cpu().eval()
+        artifact = getattr(network, "path", None)
+        kind = "torch_compile" if isinstance(network, CompiledModule) else "torch"
+        if artifact is not None:
+            kind = "aoti" if str(artifact).endswith(".pt2") else "onnx"
+        candidates.append(Candidate(name, network, kind, artifact, row.get("test_acc")))
+    options = cfg.serve
+    report = serve_benchmark(
+        candidates,
+        tuple(a.cpu() for a in call.args),
+        batch_size=options.batch_size,
+        latency_calls=options.latency_calls,
+        rounds=options.rounds,
+        cold_starts=options.cold_starts,
+        concurrency=options.concurrency,
+        threads=cfg.benchmark.threads or 1,
+        work_dir=output_dir,
+        progress=lambda step: log.info("serve: %s", step),
+    )
+    report.save(output_dir)
+    print(report.to_markdown())
+    return report.to_dict()
+
+
+def _calibration_batches(evaluator: Evaluator, model: Any, call: Any) -> list[tuple[Any, ...]]:
+    """The first training batches' inputs (static int8 ranges are set on them, never on held-out
+    data) where a batch's inputs look like the network's (same shape past the batch, same dtype);
+    else the recorded call alone."""
+    import torch
+
+    def fits(inputs: tuple[Any, ...]) -> bool:
+        return len(inputs) == len(call.args) and all(
+            isinstance(t, torch.Tensor) and t.shape[1:] == a.shape[1:] and t.dtype == a.dtype
+            for t, a in zip(inputs, call.args, strict=False)
+        )
+
+    batches = []
+    for batch in itertools.islice(evaluator.datamodule.train_dataloader(), 16):
+        inputs = (batch[0],) if isinstance(batch, list | tuple) and batch else (batch,)
+        if not fits(inputs):
+            break
+        batches.append(tuple(t.cpu() for t in inputs))
+    if not batches:
+        log.info(
+            "export: the training batches are not the network's inputs: static int8 calibrated on one recorded call"
+        )
+    return batches or [call.args]
 
 
 def _measure_stages(

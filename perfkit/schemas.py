@@ -17,9 +17,11 @@ from typing import Any, Literal, get_args
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PruneMethod = Literal["l1_unstructured", "random_unstructured", "global_l1", "ln_structured", "channels"]
-QuantizeScheme = Literal["int8_dynamic"]
+QuantizeScheme = Literal["int8_dynamic", "int8_weight_only"]
 QuantizeBackend = Literal["auto", "torch_ao", "torchao"]
-ExportFormat = Literal["aoti", "onnx"]  # AOTInductor package (.pt2), ONNX (.onnx)
+# AOTInductor package (.pt2); ONNX (.onnx) as exported, with ONNX Runtime's dynamic int8, or its static
+# (QDQ, calibrated) int8
+ExportFormat = Literal["aoti", "onnx", "onnx_int8", "onnx_int8_static"]
 BenchModel = Literal["cnn", "mlp", "resnet18", "vit", "resnet50", "vit_b_16"]
 BenchVariant = Literal[
     "eager",
@@ -40,7 +42,8 @@ BenchVariant = Literal[
 ]
 # what the quick and full presets measure: the first seven (bench=gpu measures the GPU-sized rest)
 CLASSIC_VARIANTS: tuple[str, ...] = get_args(BenchVariant)[:7]
-BenchMode = Literal["inference", "train"]  # inference: forward; train: forward + backward + step
+# inference: forward; train: forward + backward + step; serve: perfkit.serving's candidates on the CPU
+BenchMode = Literal["inference", "train", "serve"]
 BenchOptimizer = Literal["sgd", "adamw"]  # adamw: torch's fused AdamW
 TuneMode = Literal["train", "inference"]
 
@@ -99,6 +102,10 @@ class Bench:
     optimizer: BenchOptimizer = "sgd"  # of the timed training step
     image_size: int | None = None  # overrides the dataset's image size (data.image_size)
     data_options: dict[str, Any] = field(default_factory=dict)  # more data.* overrides
+    # modes=[serve]: artifacts exported from the float and the channel-pruned network, as candidates too
+    exports: list[ExportFormat] = field(default_factory=lambda: ["onnx", "onnx_int8", "onnx_int8_static"])
+    serve_latency_calls: int = 200  # batch-1 calls per serving candidate, interleaved call by call
+    serve_concurrency: int = 0  # threads calling batch-1 at once for tail latency under load (0 = off)
 
     def __post_init__(self) -> None:
         for name in ("models", "variants", "devices", "modes", "batch_sizes"):
@@ -121,6 +128,8 @@ class Bench:
             raise ValueError(f"prune_amount={self.prune_amount}: use a number in (0, 1)")
         if self.train_epochs < 0 or self.finetune_epochs < 0:
             raise ValueError("train_epochs and finetune_epochs must be >= 0")
+        if self.serve_latency_calls < 1 or self.serve_concurrency < 0:
+            raise ValueError("serve_latency_calls must be >= 1 and serve_concurrency >= 0")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size={self.image_size}: use null or an integer >= 1")
         trainable = {"cnn", "mlp", "resnet18", "vit"}
@@ -136,7 +145,8 @@ class Bench:
 
     @property
     def cells_per_model(self) -> int:
-        return len(self.devices) * len(self.modes) * len(self.batch_sizes)
+        timed = [mode for mode in self.modes if mode != "serve"]  # serve shows its own steps
+        return len(self.devices) * len(timed) * len(self.batch_sizes)
 
 
 @dataclass
@@ -193,6 +203,24 @@ class LatencyTiming:
 
 
 @dataclass
+class ServeTiming:
+    """``perfkit.optimize serve.enabled=true``: every stage and artifact as a serving candidate."""
+
+    enabled: bool = False
+    batch_size: int = 64  # throughput is measured at this batch size
+    latency_calls: int = 200  # batch-1 calls per candidate, interleaved call by call
+    rounds: int = 20  # interleaved rounds of the throughput batch
+    cold_starts: int = 1  # fresh processes per candidate (the median is reported)
+    concurrency: int = 0  # threads calling batch-1 at once for tail latency under load (0 = off)
+
+    def __post_init__(self) -> None:
+        if min(self.batch_size, self.latency_calls, self.rounds, self.cold_starts) < 1:
+            raise ValueError("batch_size, latency_calls, rounds and cold_starts must be >= 1")
+        if self.concurrency < 0:
+            raise ValueError(f"concurrency={self.concurrency}: use 0 (off) or a number of threads")
+
+
+@dataclass
 class PostTraining:
     """``perfkit.optimize``'s own keys (at the config root): the transforms, applied in the order
     prune (then fine-tune) -> quantize -> compile, and how latency is timed."""
@@ -206,6 +234,7 @@ class PostTraining:
     # artifacts of the last stage a serving stack loads, each checked and scored as a stage of its own
     export: list[ExportFormat] = field(default_factory=list)
     benchmark: LatencyTiming = field(default_factory=LatencyTiming)
+    serve: ServeTiming = field(default_factory=ServeTiming)
 
     def __post_init__(self) -> None:
         if not is_device(str(self.device)):

@@ -6,7 +6,7 @@ set -euo pipefail
 # the three lists equal to pyproject's dependencies
 on_the_image=(torch torchvision lightning tensorboard torchmetrics scikit-learn numpy scipy matplotlib tqdm)
 carried=(hydra-core==1.3.2 omegaconf==2.3.0 mlxtend==0.25.0 typeguard torch-pruning==1.6.1 torch-tb-profiler==0.4.3)
-left_behind=(wandb onnx onnxscript onnxruntime) # only logger=wandb and export=onnx need them: binary wheels with many dependencies
+left_behind=(wandb onnx onnxscript onnxruntime torchao) # only logger=wandb, export=onnx* and int8 on the CPU need them
 
 usage() {
     cat <<USAGE

@@ -254,7 +254,7 @@ def _bench_cfg(tmp_path: Path, *overrides: str) -> Any:
             "bench.models: 'lenet' is not valid; allowed: cnn, mlp, resnet18, vit, resnet50, vit_b_16",
         ),
         ("bench.variants=[eager,fp8]", "bench.variants: 'fp8' is not valid; allowed: eager, compile, bf16"),
-        ("bench.modes=serve", "bench.modes: 'serve' is not valid; allowed: inference, train"),
+        ("bench.modes=deploy", "bench.modes: 'deploy' is not valid; allowed: inference, train, serve"),
         ("device=tpu", "device='tpu' is not valid; allowed: cpu, cuda, cuda:N"),
         ("bench.rounds=3", "bench.rounds=3: at least 6 are needed"),
         ("bench.rounds=many", "bench.rounds='many' is not valid: expected int"),

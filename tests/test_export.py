@@ -162,3 +162,23 @@ def test_aoti_package_serves_in_a_fresh_interpreter_without_perfkit(tmp_path: Pa
     got = _run_fresh(_AOTI_LOAD, path, inputs, tmp_path)
     torch.testing.assert_close(got, model.eval()(inputs).detach(), rtol=1e-4, atol=1e-5)
     assert 'aoti_load_package("mlp.pt2")' in (tmp_path / "serve.md").read_text()
+
+
+def test_onnx_int8_formats_are_smaller_close_and_say_their_calibration(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TOY_MODELS["conv"]()
+    example = model.example_inputs()
+    float_path = perfkit.export(model, example, path=tmp_path / "float.onnx")
+    dynamic, dyn = export_checked(model, example, format="onnx_int8", path=tmp_path / "dyn.onnx")
+    calibration = [torch.randn(4, *example.shape[1:]) for _ in range(3)]
+    static, stat = export_checked(
+        model, example, format="onnx_int8_static", path=tmp_path / "static.onnx", calibration=calibration
+    )
+    assert dyn.calibration_batches == 0 and stat.calibration_batches == 3
+    for path, result in ((dynamic, dyn), (static, stat)):
+        assert result.max_abs_diff_relative < 0.25
+        assert path.stat().st_size < float_path.stat().st_size
+    x = torch.randn(7, *example.shape[1:])
+    assert load(static)(x).shape == model.eval()(x).shape
+    # the float model ONNX Runtime quantized is not left behind
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["dyn.onnx", "float.onnx", "static.onnx"]

@@ -210,6 +210,10 @@ class BenchmarkReport:
             ]
             lines += [_table_row(r) for r in rows]
             lines.append("")
+        served = self.config.get("serve")
+        if served:
+            links = ", ".join(f"[{model}]({path})" for model, path in served.items())
+            lines += [f"Serving candidates (bench.modes=[serve], CPU): {links}.", ""]
         # rows not measured for the same reason share a line (a missing GPU skips a whole device)
         others: dict[tuple[str, str, str], list[Row]] = {}
         for r in self.rows:
@@ -401,9 +405,15 @@ def _utilization(r: Row) -> str:
     machine's measured matmul rate ("n/a" where there is no such reference)."""
     if r.tflops is None:
         return "n/a | n/a | n/a"
-    peak = f"{r.mfu:.1%} ({r.precision})" if r.mfu is not None else "no datasheet peak"
-    measured = f"{r.mfu_measured:.1%}" if r.mfu_measured is not None else "n/a"
+    peak = f"{_fraction(r.mfu)} ({r.precision})" if r.mfu is not None else "no datasheet peak"
+    measured = _fraction(r.mfu_measured) if r.mfu_measured is not None else "n/a"
     return f"{r.tflops:.3g} | {peak} | {measured}"
+
+
+def _fraction(value: float) -> str:
+    """A share of a reference rate; above 1 the reference is what is wrong (a report written by an
+    older perfkit may hold one), so no percentage over 100 is printed."""
+    return f"{value:.1%}" if value <= 1.0 else "reference invalid (exceeded)"
 
 
 def _describe_rows(rows: list[Row], all_variants: list[str]) -> str:

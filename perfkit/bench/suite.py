@@ -14,7 +14,6 @@ import dataclasses
 import gc
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from perfkit.bench.core import first_line, measure_variants
+from perfkit.bench.prepared import Prepared
 from perfkit.bench.report import BenchmarkReport
 from perfkit.bench.variants import Settings, build, skip_reason
 from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
@@ -47,25 +47,6 @@ def bench_config(cfg: DictConfig) -> BenchConfig:
     if spec.data not in datasets:
         raise ConfigError(f"bench.data={spec.data!r} is not a dataset config; allowed: {', '.join(datasets)}")
     return spec
-
-
-@dataclass
-class Prepared:
-    """One model ready for the matrix: its network (trained or not) and held-out data."""
-
-    name: str
-    net: nn.Module
-    channels: nn.Module | None  # the channel-pruned network, fine-tuned when the model was trained
-    test_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    trained: bool
-    notes: dict[str, list[str]]
-
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``size`` held-out images and labels (repeated when the test set is smaller)."""
-        images = torch.cat([x for x, _ in self.test_batches])
-        labels = torch.cat([y for _, y in self.test_batches])
-        repeats = -(-size // len(images))
-        return images.repeat(repeats, *[1] * (images.dim() - 1))[:size], labels.repeat(repeats)[:size]
 
 
 def run_bench(cfg: DictConfig) -> BenchmarkReport:
@@ -102,6 +83,8 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
                 bar.update(1)
                 for device_name in spec.devices:
                     _measure_device(prepared, torch.device(device_name), spec, report, output_dir, bar)
+                if "serve" in spec.modes:
+                    _serve(prepared, spec, report, output_dir, bar)
         except BaseException as error:  # Ctrl-C, or the exit Lightning makes of it while training
             if not is_interrupt(error):
                 raise
@@ -147,9 +130,12 @@ def _measure_device(
     output_dir: Path,
     bar: Any,
 ) -> None:
+    modes = [mode for mode in spec.modes if mode != "serve"]  # serving is measured by _serve
+    if not modes:
+        return
     variants, skipped, failed = build_variants(prepared, device, spec)
     accuracy: dict[str, float | None] = {}
-    for mode in spec.modes:
+    for mode in modes:
         for batch_size in spec.batch_sizes:
             bar.set_postfix_str(f"{prepared.name} {device.type} {mode} batch {batch_size}")
             images, labels = prepared.batch(batch_size)
@@ -188,6 +174,19 @@ def _measure_device(
             report.rows += rows
             report.save(output_dir, plots=False)
             forget_compiled_graphs(device)
+
+
+def _serve(
+    prepared: Prepared, spec: BenchConfig, report: BenchmarkReport, output_dir: Path, bar: Any
+) -> None:
+    """The serving candidates of one model, on the CPU (perfkit.bench.serve); the report notes where."""
+    from perfkit.bench.serve import serve_model
+
+    built = build_variants(prepared, torch.device("cpu"), spec)
+    served = serve_model(prepared, spec, built, output_dir, lambda step: bar.set_postfix_str(step))
+    report.config.setdefault("serve", {})[prepared.name] = f"serve-{prepared.name}/serve.md"
+    print(served.to_markdown())
+    forget_compiled_graphs(torch.device("cpu"))
 
 
 def forget_compiled_graphs(device: torch.device) -> None:
@@ -238,6 +237,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
             classifier.load_state_dict(checkpoint["state_dict"])
         datamodule.setup("fit")
         test_batches = list(datamodule.test_dataloader())
+        calibration = _training_images(datamodule)
         net = classifier.net.eval()
         channels = None
         if {"prune_channels", "compile_channels"} & set(spec.variants):
@@ -252,7 +252,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
                 notes = {"prune_channels": [note], "compile_channels": [note]}
     if spec.train_epochs and "prune_unstructured" in spec.variants:
         notes["prune_unstructured"] = ["not fine-tuned: training would refill the zeroed weights"]
-    return Prepared(name, net, channels, test_batches, True, notes)
+    return Prepared(name, net, channels, test_batches, True, notes, calibration)
 
 
 def _untrained(name: str, spec: BenchConfig) -> Prepared:
@@ -272,7 +272,14 @@ def _untrained(name: str, spec: BenchConfig) -> Prepared:
             net, amount=spec.prune_amount, method="channels", example_inputs=test_batches[0][0][:1]
         )
     log.info("%s: random weights (bench.train_epochs=0): speed only, no accuracy", name)
-    return Prepared(name, net, channels, test_batches, False, {})
+    return Prepared(name, net, channels, test_batches, False, {}, _training_images(datamodule))
+
+
+def _training_images(datamodule: Any, batches: int = 16) -> list[torch.Tensor]:
+    """The first training batches' images: what static int8 ranges are calibrated on."""
+    import itertools
+
+    return [images.cpu() for images, *_ in itertools.islice(datamodule.train_dataloader(), batches)]
 
 
 def build_variants(

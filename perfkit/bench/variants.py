@@ -120,7 +120,7 @@ VARIANTS: dict[str, Builder] = {
     "bf16": lambda net, built, s: Autocast(net),
     "prune_unstructured": lambda net, built, s: prune(net, amount=s.prune_amount, method="l1_unstructured"),
     "prune_channels": _channels,
-    "int8_dynamic": lambda net, built, s: quantize(net),
+    "int8_dynamic": lambda net, built, s: quantize(net, example_inputs=s.example_inputs.cpu()),
     "compile_channels": lambda net, built, s: compile(_channels(net, built, s)),
     # the GPU preset's variants (bench=gpu); each works on the CPU too, where it makes sense
     "tf32": lambda net, built, s: TF32(net),
@@ -152,7 +152,7 @@ DESCRIPTIONS: dict[str, str] = {
     "bf16": "bf16 autocast",
     "prune_unstructured": "50% of each layer's weights zeroed (L1 magnitude), dense kernels",
     "prune_channels": "channels removed with Torch-Pruning (dependency-aware), then optionally fine-tuned",
-    "int8_dynamic": "int8 dynamic quantization of Linear layers (torch.ao, x86/fbgemm)",
+    "int8_dynamic": "int8 dynamic quantization of Linear layers (torch.ao or torchao, whichever ran faster here)",
     "compile_channels": "channel-pruned, then torch.compile",
     "tf32": "float32 matmuls and convolutions on TF32 tensor cores",
     "channels_last": "channels-last (NHWC) memory format",

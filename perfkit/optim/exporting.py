@@ -6,6 +6,10 @@ dynamic:
 - ``aoti``: an AOTInductor package (``.pt2``), compiled ahead of time to native code; it loads with
   ``torch._inductor.aoti_load_package`` in any process that has torch, not perfkit or the model's code.
 - ``onnx``: ``torch.onnx.export(..., dynamo=True)``; ONNX Runtime runs it (no torch needed at all).
+- ``onnx_int8``: that ONNX model with ONNX Runtime's dynamic int8 quantization (MatMul/Gemm weights
+  int8, activations quantized per call): for Linear-heavy models.
+- ``onnx_int8_static``: ONNX Runtime's static int8 in QDQ form (convolutions too), its activation
+  ranges calibrated on ``calibration`` batches: for conv nets.
 
 Every artifact is loaded back with its own runtime and compared with the eager model on the example
 inputs and on a batch of another size (so the dynamic batch is known to work). A ``serve.md`` beside
@@ -19,7 +23,7 @@ import copy
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,20 @@ from torch import nn
 from perfkit.measure import output_drift
 from perfkit.optim.report import require_module
 
-FORMATS = ("aoti", "onnx")
-SUFFIXES = {"aoti": ".pt2", "onnx": ".onnx"}  # schemas.ExportFormat
-# an artifact whose outputs differ from eager by more than this share of their range is refused
+FORMATS = ("aoti", "onnx", "onnx_int8", "onnx_int8_static")  # schemas.ExportFormat
+SUFFIXES = {"aoti": ".pt2", "onnx": ".onnx", "onnx_int8": ".onnx", "onnx_int8_static": ".onnx"}
+FILE_NAMES = {
+    "aoti": "model.pt2",
+    "onnx": "model.onnx",
+    "onnx_int8": "model_int8.onnx",
+    "onnx_int8_static": "model_int8_static.onnx",
+}
+# an artifact whose outputs differ from eager by more than this share of their range is refused: float
+# formats must compute the same function; int8 ones are judged on held-out data, this only catches a
+# broken quantization
 TOLERANCE = 1e-3
+INT8_TOLERANCE = 0.25
+_CALIBRATION_BATCHES = 16
 _BATCH_MAX = 1 << 16
 
 
@@ -49,6 +63,7 @@ class ExportResult:
     path: str
     size_bytes: int
     export_s: float
+    calibration_batches: int  # batches the static int8 ranges were set on (the example alone by default)
     batch_sizes: tuple[int, ...]  # the batch sizes the artifact was run and checked at
     max_abs_diff_relative: float  # largest |artifact - eager| over the eager outputs' largest |value|
     argmax_agreement: float | None  # for N x C outputs: share of rows whose argmax agrees
@@ -63,16 +78,23 @@ def export(
     *,
     format: str = "onnx",
     path: str | os.PathLike[str] | None = None,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> Path:
     """Export ``model`` (in eval mode; left untouched) and return the artifact's path.
 
     ``example_inputs``: a tensor or a tuple of tensors, called as ``model(*example_inputs)``; dim 0
-    of each is the batch and stays dynamic in the artifact. ``path`` defaults to ``model.pt2`` or
-    ``model.onnx``; an existing file there is replaced only once the new artifact has passed its
-    check. An :class:`ExportError` says in one line why a model cannot be exported.
+    of each is the batch and stays dynamic in the artifact. ``format``: ``onnx``, ``aoti``,
+    ``onnx_int8`` or ``onnx_int8_static``. ``path`` defaults to ``FILE_NAMES[format]``; an existing
+    file there is replaced only once the new artifact has passed its check (outputs within
+    ``tolerance`` of their range: 0.1% for float formats, 25% for int8 ones, whose accuracy is for
+    held-out data to judge). ``calibration``: input batches (like ``example_inputs``) that set the
+    static int8 ranges, by default ``example_inputs`` alone. An :class:`ExportError` says in one line
+    why a model cannot be exported.
     """
-    return export_checked(model, example_inputs, format=format, path=path, tolerance=tolerance)[0]
+    return export_checked(
+        model, example_inputs, format=format, path=path, tolerance=tolerance, calibration=calibration
+    )[0]
 
 
 def export_checked(
@@ -81,14 +103,18 @@ def export_checked(
     *,
     format: str = "onnx",
     path: str | os.PathLike[str] | None = None,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> tuple[Path, ExportResult]:
     """:func:`export`, also returning the check's figures."""
     require_module(model, "perfkit.export")
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; allowed: {', '.join(FORMATS)}")
     inputs = _tensor_inputs(example_inputs)
-    target = Path(path) if path is not None else Path(f"model{SUFFIXES[format]}")
+    if tolerance is None:
+        tolerance = INT8_TOLERANCE if "int8" in format else TOLERANCE
+    batches = [inputs] if calibration is None else [_tensor_inputs(b) for b in calibration]
+    target = Path(path) if path is not None else Path(FILE_NAMES[format])
     if target.suffix != SUFFIXES[format]:
         raise ValueError(f"an {format} artifact's file name ends in {SUFFIXES[format]}, not {target.name!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,14 +123,21 @@ def export_checked(
     program = _program(model, inputs)
     partial = target.with_name(f".partial-{target.name}")  # AOTInductor wants the suffix
     try:
-        _write(format, program, inputs, partial)
+        _write(format, program, inputs, partial, batches[:_CALIBRATION_BATCHES])
         elapsed = time.perf_counter() - started
         checked = check(model, load(partial), inputs, tolerance=tolerance, name=f"{format} artifact")
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-    result = ExportResult(format, str(target), target.stat().st_size, round(elapsed, 3), **checked)
+    result = ExportResult(
+        format,
+        str(target),
+        target.stat().st_size,
+        round(elapsed, 3),
+        len(batches) if format == "onnx_int8_static" else 0,
+        **checked,
+    )
     write_serving_notes(target, format, inputs)
     return target, result
 
@@ -131,7 +164,13 @@ def _program(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export
         raise ExportError(export_failure(error)) from None
 
 
-def _write(format: str, program: torch.export.ExportedProgram, inputs: tuple[Any, ...], path: Path) -> None:
+def _write(
+    format: str,
+    program: torch.export.ExportedProgram,
+    inputs: tuple[Any, ...],
+    path: Path,
+    calibration: list[tuple[torch.Tensor, ...]],
+) -> None:
     try:
         if format == "aoti":
             torch._inductor.aoti_compile_and_package(program, package_path=str(path))
@@ -141,6 +180,8 @@ def _write(format: str, program: torch.export.ExportedProgram, inputs: tuple[Any
         if onnx is None:
             raise ExportError("torch.onnx.export returned no program")
         onnx.save(str(path))
+        if format in ("onnx_int8", "onnx_int8_static"):
+            _quantize_onnx(path, static=format == "onnx_int8_static", calibration=calibration)
     except ImportError as error:
         raise ExportError(
             f"the {format} export needs {error.name or 'a missing package'}: pip install onnx onnxscript onnxruntime"
@@ -149,6 +190,47 @@ def _write(format: str, program: torch.export.ExportedProgram, inputs: tuple[Any
         raise
     except Exception as error:
         raise ExportError(f"{format}: {export_failure(error)}") from None
+
+
+def _quantize_onnx(path: Path, *, static: bool, calibration: list[tuple[torch.Tensor, ...]]) -> None:
+    """Replace the float ONNX model at ``path`` by ONNX Runtime's int8 version of it."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    float_model = path.with_name(f".float-{path.name}")
+    os.replace(path, float_model)
+    try:
+        with _quiet_export_logs():
+            if not static:
+                quantize_dynamic(str(float_model), str(path), weight_type=QuantType.QInt8)
+                return
+            # shape inference and constant folding first, as ONNX Runtime advises for static int8
+            quant_pre_process(str(float_model), str(float_model))
+            names = _input_names(len(calibration[0]))
+            feeds = iter([{n: t.numpy() for n, t in zip(names, b, strict=True)} for b in calibration])
+
+            class Batches(CalibrationDataReader):
+                def get_next(self) -> dict[str, Any] | None:
+                    return next(feeds, None)
+
+            quantize_static(
+                str(float_model),
+                str(path),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            float_model.unlink()
 
 
 def _input_names(count: int) -> list[str]:
@@ -162,14 +244,17 @@ def _quiet_export_logs() -> Iterator[None]:
     import io
     import logging
 
-    shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
-    level = shapes.level
-    shapes.setLevel(logging.ERROR)
+    # ONNX Runtime's quantizer advises through the root logger
+    loggers = [logging.getLogger("torch.fx.experimental.symbolic_shapes"), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        shapes.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 _USER_LINE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.+)')
@@ -224,7 +309,7 @@ def load(
     """Load an artifact :func:`export` wrote with its own runtime (AOTInductor or ONNX Runtime).
     ``threads``: ONNX Runtime's intra-op threads (default: torch's); AOTInductor follows torch's."""
     path = Path(path)
-    kind = next((f for f, s in SUFFIXES.items() if path.name.endswith(s)), None)
+    kind = {".pt2": "aoti", ".onnx": "onnx"}.get(path.suffix)
     if kind == "aoti":
         runner = torch._inductor.aoti_load_package(str(path))
         return LoadedArtifact(path, lambda *xs: _single(runner(*xs)))
@@ -245,6 +330,9 @@ def _onnx_runner(path: Path, device: torch.device, threads: int | None) -> Calla
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    # idle ONNX Runtime threads spin by default, taking the cores from whatever runs next: in an
+    # interleaved benchmark that is the other candidates
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=providers)
     names = [i.name for i in session.get_inputs()]
 
@@ -324,7 +412,9 @@ def write_serving_notes(artifact: Path, format: str, inputs: tuple[torch.Tensor,
         f'"{n}": np.zeros((8, {", ".join(map(str, t.shape[1:]))}), dtype=np.{str(t.dtype).removeprefix("torch.")})'
         for n, t in zip(names, inputs, strict=True)
     )
-    code = _LOADERS[format].format(name=artifact.name, args=args, feed=feed, max_batch=_BATCH_MAX)
+    code = _LOADERS[SUFFIXES[format].lstrip(".").replace("pt2", "aoti")].format(
+        name=artifact.name, args=args, feed=feed, max_batch=_BATCH_MAX
+    )
     marker = f"<!-- {artifact.name} -->"
     section = f"{marker}\n## {artifact.name} ({format})\n\nInputs: {shapes}.\n\n{code}\n{marker}\n"
     text = notes.read_text() if notes.exists() else "# Serving the exported model\n"

@@ -27,6 +27,7 @@ class OptimizationReport:
     sparsity_before: float
     sparsity_after: float
     notes: list[str] = field(default_factory=list)
+    measured: dict[str, Any] = field(default_factory=dict)  # what a choice made by timing measured
 
     @property
     def size_ratio(self) -> float:
@@ -120,10 +121,17 @@ def require_module(model: Any, transform: str) -> None:
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
     """Every weight matrix (parameters of 2 or more dimensions: Linear, Conv, attention projections,
     embeddings), with quantized layers' packed weights dequantized."""
-    matrices = [p.detach() for p in model.parameters() if p.dim() >= 2]
+    matrices = [_plain(p.detach()) for p in model.parameters() if p.dim() >= 2]
     for module in model.modules():
         matrices += [t.dequantize() if t.is_quantized else t for t in _packed_tensors(module) if t.dim() >= 2]
     return matrices
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A torchao int8 weight (a tensor subclass) as the float matrix it stands for."""
+    if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "dequantize"):
+        return tensor
+    return tensor.dequantize()
 
 
 def weight_sparsity(model: nn.Module) -> float:

@@ -1,0 +1,402 @@
+"""What a serving engineer asks first, for every candidate under the same conditions.
+
+- **cold start**: a fresh process imports its runtime, loads the model and answers one call
+  (``perfkit/serve_worker.py``; peak resident memory of that process too);
+- **batch-1 latency** p50/p90/p99 and **throughput** at a batch size, in one process, all candidates
+  interleaved call by call, so a busy moment of the machine hits them alike;
+- optionally **tail latency under load**: N threads calling batch-1 at once, candidate by candidate;
+- the file's size and the held-out accuracy the caller measured.
+
+``ServeReport`` is data first (``to_dict``/``save``: serve.json), then ``serve.md`` and ``serve.png``
+(batch-1 p50 latency against accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from perfkit.measure import speedup, time_interleaved
+from perfkit.run import environment, write_json
+
+WORKER = Path(__file__).with_name("serve_worker.py")
+KINDS = ("torch", "torch_compile", "onnx", "aoti")
+
+
+@dataclass
+class Candidate:
+    """One way to serve the model: ``module`` runs it in this process; ``kind`` and ``path`` say how a
+    fresh serving process loads it (``path`` None: ``module`` is pickled for the cold start)."""
+
+    name: str
+    module: nn.Module | Callable[..., Any]
+    kind: str = "torch"
+    path: str | None = None
+    accuracy: float | None = None
+
+
+@dataclass
+class ServeRow:
+    name: str
+    kind: str
+    size_bytes: int | None
+    accuracy: float | None
+    cold_start_s: float | None = None
+    cold_start_breakdown: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    torch_imported: bool | None = None  # whether the serving process needed torch
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    throughput_per_s: float | None = None
+    # at the throughput batch, against the first candidate: median of per-round ratios (p10-p90)
+    speedup: float | None = None
+    speedup_p10: float | None = None
+    speedup_p90: float | None = None
+    loaded_latency_ms_p50: float | None = None
+    loaded_latency_ms_p99: float | None = None
+    loaded_throughput_per_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeReport:
+    rows: list[ServeRow]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "environment": self.environment,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+    def to_markdown(self) -> str:
+        s = self.settings
+        env = self.environment
+        lines = [
+            "# Serving benchmark",
+            "",
+            f"{env.get('cpu_model')} ({', '.join(env.get('cpu_simd', [])) or 'no AVX2'}), {s['threads']} thread(s); "
+            f"batch-1 latency over {s['latency_calls']} calls per candidate, interleaved call by call; "
+            f"throughput at batch {s['batch_size']} ({s['rounds']} interleaved rounds; speed-up: the first "
+            "candidate's time over each one's, median of per-round ratios (p10-p90)); cold start: a fresh "
+            "process imports its runtime, loads the model and answers one batch-1 call (median of "
+            f"{s['cold_starts']}); peak memory: that process's peak resident set.",
+        ]
+        if s.get("concurrency"):
+            lines[-1] += (
+                f" Under load: {s['concurrency']} threads calling batch-1 at once, one candidate at a time."
+            )
+        lines += ["", _table(self.rows, bool(s.get("concurrency")))]
+        for row in self.rows:
+            lines += [f"- {row.name}: {error}" for error in row.errors]
+        lines += [f"- {name}: not measured ({why})" for name, why in s.get("skipped", {}).items()]
+        lines += [f"- {name}: {why}" for name, why in s.get("export_errors", {}).items()]
+        return "\n".join(lines)
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """serve.json, serve.md and serve.png (batch-1 p50 latency against accuracy) in ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / "serve.json", self.to_dict())
+        (directory / "serve.md").write_text(self.to_markdown() + "\n")
+        written = [directory / "serve.json", directory / "serve.md"]
+        plot = self.plot(directory / "serve.png")
+        return written + ([plot] if plot else [])
+
+    def plot(self, path: Path) -> Path | None:
+        points = [r for r in self.rows if r.latency_ms_p50 is not None]
+        if not points:
+            return None
+        from perfkit.bench.report import _pyplot
+
+        plt = _pyplot()
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        with_accuracy = all(r.accuracy is not None for r in points)
+        for r in points:
+            y = r.accuracy if with_accuracy else r.throughput_per_s
+            axes.scatter(r.latency_ms_p50, y)
+            axes.annotate(
+                r.name, (r.latency_ms_p50, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+        axes.set_xscale("log")
+        axes.set_xlabel("batch-1 latency p50 (ms, log scale; left is faster)")
+        axes.set_ylabel(
+            "held-out accuracy"
+            if with_accuracy
+            else f"throughput at batch {self.settings['batch_size']} (/s)"
+        )
+        axes.set_title("Serving candidates: latency and accuracy")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+
+def serve_benchmark(
+    candidates: list[Candidate],
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    batch_size: int = 64,
+    latency_calls: int = 200,
+    rounds: int = 20,
+    cold_starts: int = 1,
+    concurrency: int = 0,
+    threads: int = 1,
+    work_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ServeReport:
+    """Measure every candidate (see the module's docstring). ``example_inputs``: the network's inputs,
+    batched on dim 0; they are cut or repeated to batch 1 and ``batch_size``. A candidate that fails
+    a step keeps its other figures and says why in ``errors``."""
+    say = progress or (lambda _: None)
+    if not candidates:
+        raise ValueError("serve_benchmark: no candidates")
+    rows = {c.name: ServeRow(c.name, c.kind, _size(c), c.accuracy) for c in candidates}
+    one = tuple(_rows(t, 1) for t in example_inputs)
+    many = tuple(_rows(t, batch_size) for t in example_inputs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+            for candidate in candidates:
+                say(f"cold start: {candidate.name}")
+                _cold_start(candidate, rows[candidate.name], one, threads, cold_starts, Path(scratch))
+        runnable = _runnable(candidates, one, rows)
+        say(f"batch-1 latency: {len(runnable)} candidates x {latency_calls} calls, interleaved")
+        _steady_state(runnable, rows, one, many, candidates[0].name, latency_calls, rounds)
+        for name in runnable if concurrency else ():
+            say(f"under load: {name}, {concurrency} callers")
+            _under_load(runnable[name], one, concurrency, latency_calls, rows[name])
+    finally:
+        torch.set_num_threads(previous)
+    settings = {
+        "batch_size": batch_size,
+        "latency_calls": latency_calls,
+        "rounds": rounds,
+        "cold_starts": cold_starts,
+        "concurrency": concurrency,
+        "threads": threads,
+    }
+    return ServeReport(list(rows.values()), settings, environment())
+
+
+def _steady_state(
+    runnable: dict[str, Any],
+    rows: dict[str, ServeRow],
+    one: tuple[torch.Tensor, ...],
+    many: tuple[torch.Tensor, ...],
+    baseline: str,
+    latency_calls: int,
+    rounds: int,
+) -> None:
+    """Batch-1 percentiles (interleaved call by call) and throughput at ``len(many[0])`` (interleaved
+    round by round), with the paired speed-up over ``baseline``."""
+    with torch.inference_mode():
+        single = time_interleaved(
+            {n: _bound(m, one) for n, m in runnable.items()}, rounds=latency_calls, warmup=3
+        )
+        batched = time_interleaved({n: _bound(m, many) for n, m in runnable.items()}, rounds=rounds, warmup=2)
+    for name in runnable:
+        row = rows[name]
+        row.latency_ms_p50 = single[name].quantile_ms(0.5)
+        row.latency_ms_p90 = single[name].quantile_ms(0.9)
+        row.latency_ms_p99 = single[name].quantile_ms(0.99)
+        row.throughput_per_s = len(many[0]) / (batched[name].median_ms / 1e3)
+        if baseline in batched:
+            ratio = speedup(batched[baseline], batched[name])
+            row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
+
+
+def _rows(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    repeats = -(-size // len(tensor))
+    return tensor.detach().cpu().repeat(repeats, *([1] * (tensor.dim() - 1)))[:size].contiguous()
+
+
+def _size(candidate: Candidate) -> int | None:
+    if candidate.path:
+        return Path(candidate.path).stat().st_size
+    if isinstance(candidate.module, nn.Module):
+        from perfkit.optim.report import serialized_size
+
+        return serialized_size(_eager(candidate.module))
+    return None
+
+
+def _eager(module: Any) -> Any:
+    """The module a compiled candidate wraps: what a fresh process loads before compiling."""
+    from perfkit.optim.compiling import CompiledModule
+
+    return module.module if isinstance(module, CompiledModule) else module
+
+
+def _runnable(
+    candidates: list[Candidate], one: tuple[torch.Tensor, ...], rows: dict[str, ServeRow]
+) -> dict[str, Any]:
+    """The candidates that answer a batch-1 call in this process (compiling happens here)."""
+    ready = {}
+    for candidate in candidates:
+        try:
+            with torch.inference_mode():
+                candidate.module(*one)
+            ready[candidate.name] = candidate.module
+        except Exception as error:
+            rows[candidate.name].errors.append(f"fails in this process: {_line(error)}")
+    return ready
+
+
+def _bound(module: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+    return lambda: module(*inputs)
+
+
+def _cold_start(
+    candidate: Candidate,
+    row: ServeRow,
+    one: tuple[torch.Tensor, ...],
+    threads: int,
+    times: int,
+    scratch: Path,
+) -> None:
+    import numpy as np
+
+    inputs = scratch / f"{len(one)}-inputs.npz"
+    if not inputs.exists():
+        np.savez(inputs, **{f"input_{i}": t.numpy() for i, t in enumerate(one)})  # type: ignore[arg-type]
+    path = candidate.path
+    environment_vars = dict(os.environ)
+    # an artifact loads in an isolated interpreter (-I: no PYTHONPATH, no user site); a pickled module
+    # needs its classes, so that process gets this one's import path
+    command = [sys.executable, "-I", "-c", WORKER.read_text()]
+    if path is None:
+        path = str(scratch / f"{abs(hash(candidate.name))}.pt")
+        try:
+            torch.save(_eager(candidate.module), path)
+        except Exception as error:
+            row.errors.append(
+                f"cold start not measured: the module cannot be pickled for a fresh process ({_line(error)})"
+            )
+            return
+        environment_vars["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        command = [sys.executable, "-c", WORKER.read_text()]
+    results = []
+    for _ in range(times):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*command, candidate.kind, path, str(inputs), str(threads)],
+            capture_output=True,
+            text=True,
+            env=environment_vars,
+            timeout=600,
+            check=False,
+            cwd=scratch,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            row.errors.append(f"cold start failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+            return
+        results.append((wall, json.loads(done.stdout.strip().splitlines()[-1])))
+    results.sort(key=lambda r: r[0])
+    wall, breakdown = results[len(results) // 2]
+    row.cold_start_s = wall
+    row.peak_rss_mb = breakdown.pop("peak_rss_mb")
+    row.torch_imported = breakdown.pop("torch_imported")
+    row.cold_start_breakdown = breakdown
+
+
+def _under_load(module: Any, one: tuple[torch.Tensor, ...], callers: int, calls: int, row: ServeRow) -> None:
+    """``callers`` threads each make ``calls // callers`` batch-1 calls at once."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    each = max(1, calls // callers)
+
+    def call() -> None:
+        own = []
+        try:
+            with torch.inference_mode():
+                for _ in range(each):
+                    started = time.perf_counter()
+                    module(*one)
+                    own.append(time.perf_counter() - started)
+        except BaseException as error:
+            errors.append(error)
+        with lock:
+            latencies.extend(own)
+
+    workers = [threading.Thread(target=call) for _ in range(callers)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        row.errors.append(f"fails under load: {_line(errors[0])}")
+        return
+    ordered = sorted(latencies)
+    row.loaded_latency_ms_p50 = ordered[len(ordered) // 2] * 1e3
+    row.loaded_latency_ms_p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3
+    row.loaded_throughput_per_s = len(ordered) / elapsed
+
+
+def _served_in(row: ServeRow) -> float:
+    """Cold start less the interpreter and imports: loading the model and its first call."""
+    return row.cold_start_breakdown.get("load_s", 0.0) + row.cold_start_breakdown.get("first_call_s", 0.0)
+
+
+def _line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _table(rows: list[ServeRow], loaded: bool) -> str:
+    header = [
+        "candidate",
+        "accuracy",
+        "cold start (of it: load + first call)",
+        "peak memory",
+        "batch-1 p50 / p90 / p99",
+        "throughput",
+        "size",
+    ]
+    if loaded:
+        header += ["under load p50 / p99", "under load throughput"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [
+            r.name,
+            "-" if r.accuracy is None else f"{r.accuracy:.4f}",
+            "-" if r.speedup is None else f"{r.speedup:.2f}x ({r.speedup_p10:.2f}-{r.speedup_p90:.2f})",
+            "-" if r.cold_start_s is None else f"{r.cold_start_s:.2f} s ({_served_in(r):.2f} s)",
+            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f} MB",
+            "-"
+            if r.latency_ms_p50 is None
+            else f"{r.latency_ms_p50:.3f} / {r.latency_ms_p90:.3f} / {r.latency_ms_p99:.3f} ms",
+            "-" if r.throughput_per_s is None else f"{r.throughput_per_s:,.0f}/s",
+            "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.2f} MB",
+        ]
+        if loaded:
+            cells += [
+                "-"
+                if r.loaded_latency_ms_p50 is None
+                else f"{r.loaded_latency_ms_p50:.3f} / {r.loaded_latency_ms_p99:.3f} ms",
+                "-" if r.loaded_throughput_per_s is None else f"{r.loaded_throughput_per_s:,.0f}/s",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
