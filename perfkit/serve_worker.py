@@ -1,12 +1,14 @@
 """One cold start, in a fresh interpreter: import the runtime, load the model, call it once.
 
-    python -c "$(cat perfkit/serve_worker.py)" KIND MODEL INPUTS.npz THREADS
+    python -c "$(cat perfkit/serve_worker.py)" KIND MODEL INPUTS.npz THREADS [DEVICE]
 
 ``KIND``: ``onnx`` (ONNX Runtime alone: torch is never imported), ``aoti`` (an AOTInductor package),
 ``torch`` (a pickled ``nn.Module``) or ``torch_compile`` (the same, run under ``torch.compile``).
-Prints one JSON line: seconds spent importing, loading and in the first call, and the process's peak
-resident memory. It imports nothing of perfkit, so it measures what a serving process pays; run it as
-its source (``python -c``), so neither perfkit's folder nor the working directory shadows a module.
+``DEVICE``: ``cpu`` (the default) or ``cuda``: the inputs go there, ONNX Runtime takes its CUDA
+provider when it has one, and the first call is waited for. Prints one JSON line: seconds spent
+importing, loading and in the first call, and the process's peak resident memory (and peak CUDA
+memory). It imports nothing of perfkit, so it measures what a serving process pays; run it from its
+source (``python -c``), so neither perfkit's folder nor the working directory shadows a module.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import time
 from typing import Any
 
 
-def main(kind: str, model_path: str, inputs_path: str, threads: int) -> dict[str, Any]:
+def main(kind: str, model_path: str, inputs_path: str, threads: int, device: str = "cpu") -> dict[str, Any]:
     started = time.perf_counter()
     import numpy as np
 
     arrays = np.load(inputs_path)
     feeds = [arrays[f"input_{i}"] for i in range(len(arrays.files))]
+    result: dict[str, Any] = {}
     if kind == "onnx":
         import onnxruntime as ort
 
@@ -31,7 +34,11 @@ def main(kind: str, model_path: str, inputs_path: str, threads: int) -> dict[str
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(model_path, options, providers=providers)
+        result["provider"] = session.get_providers()[0]
         names = [i.name for i in session.get_inputs()]
         loaded = time.perf_counter()
         session.run(None, dict(zip(names, feeds, strict=True)))
@@ -44,11 +51,14 @@ def main(kind: str, model_path: str, inputs_path: str, threads: int) -> dict[str
         if kind == "aoti":
             model = torch._inductor.aoti_load_package(model_path)
         else:
-            model = torch.load(model_path, weights_only=False)
+            model = torch.load(model_path, weights_only=False, map_location=device).eval()
             model = torch.compile(model) if kind == "torch_compile" else model
         loaded = time.perf_counter()
         with torch.inference_mode():
-            model(*(torch.from_numpy(a) for a in feeds))
+            model(*(torch.from_numpy(a).to(device) for a in feeds))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     called = time.perf_counter()
     return {
         "import_s": imported - started,
@@ -56,6 +66,7 @@ def main(kind: str, model_path: str, inputs_path: str, threads: int) -> dict[str
         "first_call_s": called - loaded,
         "peak_rss_mb": _peak_rss_kib() / 1024,
         "torch_imported": "torch" in sys.modules,
+        **result,
     }
 
 
@@ -73,4 +84,8 @@ def _peak_rss_kib() -> int:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))), flush=True)
+    arguments = sys.argv[1:]
+    print(
+        json.dumps(main(arguments[0], arguments[1], arguments[2], int(arguments[3]), *arguments[4:5])),
+        flush=True,
+    )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ from perfkit.run import environment, write_json
 
 WORKER = Path(__file__).with_name("serve_worker.py")
 KINDS = ("torch", "torch_compile", "onnx", "aoti")
+COLD_START_TIMEOUT_S = 600
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Candidate:
     kind: str = "torch"
     path: str | None = None
     accuracy: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +60,8 @@ class ServeRow:
     cold_start_breakdown: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
     torch_imported: bool | None = None  # whether the serving process needed torch
+    peak_cuda_mb: float | None = None  # the serving process's peak CUDA memory (torch kinds on a GPU)
+    provider: str | None = None  # the ONNX Runtime execution provider the serving process got
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_p99: float | None = None
@@ -69,6 +74,7 @@ class ServeRow:
     loaded_latency_ms_p99: float | None = None
     loaded_throughput_per_s: float | None = None
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the candidate was made (e.g. int8's backend choice)
 
 
 @dataclass
@@ -76,6 +82,13 @@ class ServeReport:
     rows: list[ServeRow]
     settings: dict[str, Any]
     environment: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeReport:
+        """A report read back from ``serve.json`` (re-rendered, or compared with a later one)."""
+        known = {f.name for f in dataclasses.fields(ServeRow)}
+        rows = [ServeRow(**{k: v for k, v in row.items() if k in known}) for row in data["rows"]]
+        return cls(rows, data["settings"], data["environment"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +103,7 @@ class ServeReport:
         lines = [
             "# Serving benchmark",
             "",
+            f"On {s.get('device', 'cpu')}{' (' + env['gpu'] + ')' if env.get('gpu') and 'cuda' in s.get('device', '') else ''}; "
             f"{env.get('cpu_model')} ({', '.join(env.get('cpu_simd', [])) or 'no AVX2'}), {s['threads']} thread(s); "
             f"batch-1 latency over {s['latency_calls']} calls per candidate, interleaved call by call; "
             f"throughput at batch {s['batch_size']} ({s['rounds']} interleaved rounds; speed-up: the first "
@@ -104,6 +118,7 @@ class ServeReport:
         lines += ["", _table(self.rows, bool(s.get("concurrency")))]
         for row in self.rows:
             lines += [f"- {row.name}: {error}" for error in row.errors]
+        lines += [f"- {row.name}: {note}" for row in self.rows for note in row.notes]
         lines += [f"- {name}: not measured ({why})" for name, why in s.get("skipped", {}).items()]
         lines += [f"- {name}: {why}" for name, why in s.get("export_errors", {}).items()]
         return "\n".join(lines)
@@ -158,28 +173,37 @@ def serve_benchmark(
     cold_starts: int = 1,
     concurrency: int = 0,
     threads: int = 1,
+    device: str | torch.device = "cpu",
     work_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ServeReport:
     """Measure every candidate (see the module's docstring). ``example_inputs``: the network's inputs,
-    batched on dim 0; they are cut or repeated to batch 1 and ``batch_size``. A candidate that fails
-    a step keeps its other figures and says why in ``errors``."""
+    batched on dim 0; they are cut or repeated to batch 1 and ``batch_size``. ``device``: where the
+    inputs go (the candidates must already run there); on CUDA each timed call is synchronised and
+    the serving process moves the model there. A candidate that fails a step keeps its other
+    figures and says why in ``errors``."""
     say = progress or (lambda _: None)
     if not candidates:
         raise ValueError("serve_benchmark: no candidates")
-    rows = {c.name: ServeRow(c.name, c.kind, _size(c), c.accuracy) for c in candidates}
+    rows = {c.name: ServeRow(c.name, c.kind, _size(c), c.accuracy, notes=list(c.notes)) for c in candidates}
+    device = torch.device(device)
     one = tuple(_rows(t, 1) for t in example_inputs)
-    many = tuple(_rows(t, batch_size) for t in example_inputs)
+    many = tuple(_rows(t, batch_size).to(device) for t in example_inputs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
             for candidate in candidates:
                 say(f"cold start: {candidate.name}")
-                _cold_start(candidate, rows[candidate.name], one, threads, cold_starts, Path(scratch))
+                _cold_start(candidate, rows[candidate.name], one, threads, cold_starts, Path(scratch), device)
+        one = tuple(t.to(device) for t in one)
         runnable = _runnable(candidates, one, rows)
         say(f"batch-1 latency: {len(runnable)} candidates x {latency_calls} calls, interleaved")
-        _steady_state(runnable, rows, one, many, candidates[0].name, latency_calls, rounds)
+        calls = (
+            _steady_state(runnable, rows, one, many, candidates[0].name, latency_calls, rounds, device)
+            if runnable
+            else 0
+        )
         for name in runnable if concurrency else ():
             say(f"under load: {name}, {concurrency} callers")
             _under_load(runnable[name], one, concurrency, latency_calls, rows[name])
@@ -192,6 +216,8 @@ def serve_benchmark(
         "cold_starts": cold_starts,
         "concurrency": concurrency,
         "threads": threads,
+        "device": str(device),
+        "calls_per_throughput_sample": calls,
     }
     return ServeReport(list(rows.values()), settings, environment())
 
@@ -204,14 +230,24 @@ def _steady_state(
     baseline: str,
     latency_calls: int,
     rounds: int,
-) -> None:
+    device: torch.device,
+) -> int:
     """Batch-1 percentiles (interleaved call by call) and throughput at ``len(many[0])`` (interleaved
-    round by round), with the paired speed-up over ``baseline``."""
+    round by round, several calls per sample when one is short), with the paired speed-up over
+    ``baseline``; returns the calls per throughput sample."""
     with torch.inference_mode():
         single = time_interleaved(
-            {n: _bound(m, one) for n, m in runnable.items()}, rounds=latency_calls, warmup=3
+            {n: _bound(m, one) for n, m in runnable.items()}, rounds=latency_calls, warmup=3, device=device
         )
-        batched = time_interleaved({n: _bound(m, many) for n, m in runnable.items()}, rounds=rounds, warmup=2)
+        # several calls per sample where one call is too short to time alone (a small MLP: ~1 ms)
+        calls = _calls_per_sample(runnable.get(baseline, next(iter(runnable.values()))), many)
+        batched = time_interleaved(
+            {n: _bound(m, many) for n, m in runnable.items()},
+            rounds=rounds,
+            warmup=2,
+            calls_per_round=calls,
+            device=device,
+        )
     for name in runnable:
         row = rows[name]
         row.latency_ms_p50 = single[name].quantile_ms(0.5)
@@ -221,6 +257,19 @@ def _steady_state(
         if baseline in batched:
             ratio = speedup(batched[baseline], batched[name])
             row.speedup, row.speedup_p10, row.speedup_p90 = ratio.median, ratio.low, ratio.high
+    return calls
+
+
+def _calls_per_sample(module: Any, inputs: tuple[torch.Tensor, ...], target_s: float = 0.01) -> int:
+    """Calls per timed sample so that one sample lasts about ``target_s`` (at most 50)."""
+    sync = torch.cuda.synchronize if inputs[0].is_cuda else (lambda: None)
+    with torch.inference_mode():
+        module(*inputs)  # compiled candidates compile at their first call
+        sync()
+        started = time.perf_counter()
+        module(*inputs)
+        sync()
+    return max(1, min(50, round(target_s / max(time.perf_counter() - started, 1e-6))))
 
 
 def _rows(tensor: torch.Tensor, size: int) -> torch.Tensor:
@@ -271,6 +320,7 @@ def _cold_start(
     threads: int,
     times: int,
     scratch: Path,
+    device: torch.device,
 ) -> None:
     import numpy as np
 
@@ -295,28 +345,47 @@ def _cold_start(
         command = [sys.executable, "-c", WORKER.read_text()]
     results = []
     for _ in range(times):
-        started = time.perf_counter()
-        done = subprocess.run(
-            [*command, candidate.kind, path, str(inputs), str(threads)],
-            capture_output=True,
-            text=True,
-            env=environment_vars,
-            timeout=600,
-            check=False,
-            cwd=scratch,
+        outcome = _one_cold_start(
+            [*command, candidate.kind, path, str(inputs), str(threads), str(device)],
+            environment_vars,
+            scratch,
         )
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            row.errors.append(f"cold start failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+        if isinstance(outcome, str):
+            row.errors.append(f"cold start failed: {outcome}")
             return
-        results.append((wall, json.loads(done.stdout.strip().splitlines()[-1])))
+        results.append(outcome)
     results.sort(key=lambda r: r[0])
     wall, breakdown = results[len(results) // 2]
     row.cold_start_s = wall
     row.peak_rss_mb = breakdown.pop("peak_rss_mb")
     row.torch_imported = breakdown.pop("torch_imported")
+    row.peak_cuda_mb = breakdown.pop("peak_cuda_mb", None)
+    row.provider = breakdown.pop("provider", None)
     row.cold_start_breakdown = breakdown
+
+
+def _one_cold_start(
+    command: list[str], env: dict[str, str], scratch: Path
+) -> tuple[float, dict[str, Any]] | str:
+    """(wall seconds, the worker's figures), or why it failed."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=COLD_START_TIMEOUT_S,
+            check=False,
+            cwd=scratch,
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer within {COLD_START_TIMEOUT_S} s (the process was stopped)"
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit {done.returncode}"
+    return wall, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _under_load(module: Any, one: tuple[torch.Tensor, ...], callers: int, calls: int, row: ServeRow) -> None:
@@ -369,6 +438,7 @@ def _table(rows: list[ServeRow], loaded: bool) -> str:
     header = [
         "candidate",
         "accuracy",
+        "speed-up at the batch",
         "cold start (of it: load + first call)",
         "peak memory",
         "batch-1 p50 / p90 / p99",

@@ -11,9 +11,11 @@ verify OUT [--dry-run] [--budget-s S]: the one GPU check, run first whenever a G
   perfkit.profile on the GPU and start-up time, each time-boxed within 9 minutes; at most 8 files in
   OUT (no folders), and the figures the docs' GPU claims rest on printed at the end. --dry-run runs
   the same steps on the CPU at toy sizes (a slow test does). python -m benchmarks.verify --help.
-quick, full, gpu: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
-  report.json (which names the GPU), report.md and the plots to benchmarks/results/bench-PRESET-cuda/
-  (a new dated directory if that one exists: never overwritten).
+quick, full, gpu, serve: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
+  report.json (which names the GPU), report.md and the plots (serve: the serve-MODEL-cuda/ folders) to
+  benchmarks/results/bench-PRESET-cuda/ (a new dated directory if that one exists: never overwritten).
+  serve on the device image (no ONNX Runtime there): scripts/bench_gpu.sh serve 'bench.models=[cnn,resnet18]'
+  'bench.exports=[aoti]' (eager, compile, pruned and AOTInductor candidates on CUDA, ~5 minutes).
 parity: runs 'python -m benchmarks.parity --device cuda ARG ...' (perfkit.train against hand-written
   loops), writing benchmarks/results/train_parity-cuda.{json,md,png}.
 startup: runs 'python -m benchmarks.startup ARG ...' (the default job's time to first step and wall
@@ -33,14 +35,14 @@ USAGE
 
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
-    "") usage >&2; echo "error: PRESET is required (verify, quick, full, gpu, parity, startup or tests)" >&2; exit 2 ;;
+    "") usage >&2; echo "error: PRESET is required (verify, quick, full, gpu, serve, parity, startup or tests)" >&2; exit 2 ;;
 esac
 preset=$1
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 case "$preset" in verify | parity | startup | tests) own_command=1 ;; *) own_command=0 ;; esac
 if [ $own_command = 0 ] && [ ! -f "$here/configs/bench/$preset.yaml" ]; then
-    echo "error: unknown PRESET '$preset'; allowed: verify, quick, full, gpu, parity, startup, tests" >&2
+    echo "error: unknown PRESET '$preset'; allowed: verify, quick, full, gpu, serve, parity, startup, tests" >&2
     exit 2
 fi
 python="$here/.venv/bin/python"
@@ -96,5 +98,9 @@ run_dir="$here/outputs/bench/runs/gpu-$preset-$stamp"
 results="$here/benchmarks/results/bench-$preset-cuda"
 [ -e "$results" ] && results="$results-$stamp"
 mkdir -p "$results"
-cp "$run_dir"/report.json "$run_dir"/report.md "$run_dir"/*.png "$results"/
+cp "$run_dir"/report.json "$run_dir"/report.md "$results"/
+# plots exist only where rows were timed; bench=serve writes serve-MODEL-cuda/ folders instead
+for extra in "$run_dir"/*.png "$run_dir"/serve-*; do
+    [ -e "$extra" ] && cp -r "$extra" "$results"/
+done
 echo "report copied to $results"

@@ -96,9 +96,14 @@ def test_bench_presets_compose_and_validate(preset: str) -> None:
 
     cfg = compose_config("bench", [f"bench={preset}"])
     spec = bench_config(cfg)
+    assert set(spec.models) <= set(MODELS)
+    if preset == "serve":  # the variants a server would ship, and the formats it loads
+        assert spec.modes == ["serve"] and spec.devices == ["cpu"] and spec.models == list(MODELS[:4])
+        assert set(spec.variants) <= set(CLASSIC_VARIANTS) and "aoti" in spec.exports
+        return
     # each preset covers its whole variant matrix
     assert spec.variants == list(GPU_VARIANTS if preset == "gpu" else CLASSIC_VARIANTS)
-    assert set(spec.models) <= set(MODELS) and set(spec.modes) == {"inference", "train"}
+    assert set(spec.modes) == {"inference", "train"}
     if preset == "gpu":
         assert (
             spec.models == ["resnet50", "vit_b_16"] and spec.batch_sizes == [256] and spec.image_size == 224

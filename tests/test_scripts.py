@@ -36,7 +36,7 @@ def test_bench_gpu_script_rejects_an_unknown_preset() -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == "error: unknown PRESET 'huge'; allowed: verify, quick, full, gpu, parity, startup, tests"
+        == "error: unknown PRESET 'huge'; allowed: verify, quick, full, gpu, serve, parity, startup, tests"
     )
 
 

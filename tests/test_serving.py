@@ -73,3 +73,55 @@ def test_a_pickled_module_the_serving_process_cannot_load_is_said(tmp_path: Path
 def test_no_candidates_is_refused() -> None:
     with pytest.raises(ValueError, match="no candidates"):
         serve_benchmark([], (torch.randn(2, 3),))
+
+
+def test_the_table_has_a_header_cell_for_every_column() -> None:
+    from perfkit.serving import ServeRow, _table
+
+    for loaded in (False, True):
+        header, rule, row = _table([ServeRow("x", "torch", 1, 0.5)], loaded).splitlines()
+        assert header.count("|") == rule.count("|") == row.count("|")
+
+
+def test_a_saved_report_reads_back_the_same(tmp_path: Path) -> None:
+    from perfkit.serving import ServeReport, ServeRow
+
+    settings = {
+        "batch_size": 4,
+        "latency_calls": 5,
+        "rounds": 6,
+        "cold_starts": 1,
+        "concurrency": 0,
+        "threads": 1,
+    }
+    report = ServeReport(
+        [
+            ServeRow(
+                "x", "onnx", 10, 0.9, latency_ms_p50=1.0, latency_ms_p90=2.0, latency_ms_p99=3.0, errors=["e"]
+            )
+        ],
+        settings,
+        {},
+    )
+    report.save(tmp_path)
+    again = ServeReport.from_dict(json.loads((tmp_path / "serve.json").read_text()))
+    assert again.to_dict() == report.to_dict()
+
+
+def test_when_no_candidate_runs_each_says_why() -> None:
+    report = serve_benchmark(
+        [Candidate("a", Broken()), Candidate("b", Broken())], (torch.randn(2, 3),), **QUICK
+    )
+    assert all(r.latency_ms_p50 is None and any("cannot serve" in e for e in r.errors) for r in report.rows)
+    assert report.settings["calls_per_throughput_sample"] == 0
+
+
+def test_a_cold_start_that_hangs_is_stopped_and_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from perfkit import serving
+
+    monkeypatch.setattr(serving, "COLD_START_TIMEOUT_S", 0.01)
+    model = TinyMLP().eval()
+    report = serve_benchmark([Candidate("eager", model)], (model.example_inputs(),), **QUICK)
+    (row,) = report.rows
+    assert row.cold_start_s is None and row.latency_ms_p50 is not None
+    assert row.errors == ["cold start failed: no answer within 0.01 s (the process was stopped)"]

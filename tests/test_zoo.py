@@ -264,3 +264,31 @@ def test_two_rank_ddp_trains_each_shape(name: str, tmp_path: Path) -> None:
     assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_export_and_serve_each_shape(name: str, trained: dict[str, Path], tmp_path: Path) -> None:
+    """Every shape exports (or says in one line why not) and is measured as a serving candidate."""
+    code, _, err = run_cli(
+        f"ckpt_path={trained[name]}",
+        "export=[onnx,onnx_int8]",
+        "serve.enabled=true",
+        "serve.latency_calls=5",
+        "serve.rounds=2",
+        "benchmark.rounds=3",
+        "benchmark.warmup=1",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        cwd=PROJECT,
+        module="perfkit.optimize",
+        timeout=600,
+    )
+    assert code == 0, run_failure(err)
+    result = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    exported = [e["format"] for e in result["exports"] if "error" not in e]
+    for record in result["exports"]:
+        assert "\n" not in record.get("error", "")
+    assert [row["variant"] for row in result["rows"]] == ["original", *exported]
+    served = result["serve"]["rows"]
+    assert [row["name"] for row in served] == ["original", *exported]
+    assert all(row["errors"] == [] and row["latency_ms_p50"] > 0 for row in served)

@@ -212,7 +212,10 @@ class BenchmarkReport:
             lines.append("")
         served = self.config.get("serve")
         if served:
-            links = ", ".join(f"[{model}]({path})" for model, path in served.items())
+            links = ", ".join(
+                f"[{model}]({path})" if path.endswith(".md") else f"{model}: {path}"
+                for model, path in served.items()
+            )
             lines += [f"Serving candidates (bench.modes=[serve], CPU): {links}.", ""]
         # rows not measured for the same reason share a line (a missing GPU skips a whole device)
         others: dict[tuple[str, str, str], list[Row]] = {}

@@ -179,14 +179,20 @@ def _measure_device(
 def _serve(
     prepared: Prepared, spec: BenchConfig, report: BenchmarkReport, output_dir: Path, bar: Any
 ) -> None:
-    """The serving candidates of one model, on the CPU (perfkit.bench.serve); the report notes where."""
+    """The serving candidates of one model on each device (perfkit.bench.serve); the report links them."""
     from perfkit.bench.serve import serve_model
 
-    built = build_variants(prepared, torch.device("cpu"), spec)
-    served = serve_model(prepared, spec, built, output_dir, lambda step: bar.set_postfix_str(step))
-    report.config.setdefault("serve", {})[prepared.name] = f"serve-{prepared.name}/serve.md"
-    print(served.to_markdown())
-    forget_compiled_graphs(torch.device("cpu"))
+    for name in spec.devices:
+        device = torch.device(name)
+        key = prepared.name if device.type == "cpu" else f"{prepared.name} ({device.type})"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            report.config.setdefault("serve", {})[key] = "not measured: CUDA is not available on this machine"
+            continue
+        built = build_variants(prepared, device, spec)
+        served, directory = serve_model(prepared, spec, built, output_dir, bar.set_postfix_str, device)
+        report.config.setdefault("serve", {})[key] = f"{directory.name}/serve.md"
+        print(served.to_markdown())
+        forget_compiled_graphs(device)
 
 
 def forget_compiled_graphs(device: torch.device) -> None:
@@ -299,7 +305,11 @@ def build_variants(
     built: dict[str, nn.Module] = {}
     if prepared.channels is not None:
         built["prune_channels"] = copy.deepcopy(prepared.channels).to(device).eval()
-    settings = Settings(example_inputs=prepared.test_batches[0][0][:1], prune_amount=spec.prune_amount)
+    settings = Settings(
+        example_inputs=prepared.test_batches[0][0][:1],
+        prune_amount=spec.prune_amount,
+        timing_inputs=prepared.batch(spec.batch_sizes[0])[0],
+    )
     for name in spec.variants:
         reason = skip_reason(name, device, "inference")
         if reason:

@@ -101,6 +101,8 @@ class Settings:
 
     example_inputs: torch.Tensor
     prune_amount: float = 0.5
+    # a batch of the timed size: int8's backend is chosen by timing both libraries on it
+    timing_inputs: torch.Tensor | None = None
 
 
 # builds a variant from the eager network and the variants already built (to reuse a pruned one)
@@ -120,7 +122,9 @@ VARIANTS: dict[str, Builder] = {
     "bf16": lambda net, built, s: Autocast(net),
     "prune_unstructured": lambda net, built, s: prune(net, amount=s.prune_amount, method="l1_unstructured"),
     "prune_channels": _channels,
-    "int8_dynamic": lambda net, built, s: quantize(net, example_inputs=s.example_inputs.cpu()),
+    "int8_dynamic": lambda net, built, s: quantize(
+        net, example_inputs=(s.example_inputs if s.timing_inputs is None else s.timing_inputs).cpu()
+    ),
     "compile_channels": lambda net, built, s: compile(_channels(net, built, s)),
     # the GPU preset's variants (bench=gpu); each works on the CPU too, where it makes sense
     "tf32": lambda net, built, s: TF32(net),

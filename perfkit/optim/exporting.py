@@ -213,7 +213,9 @@ def _quantize_onnx(path: Path, *, static: bool, calibration: list[tuple[torch.Te
             # shape inference and constant folding first, as ONNX Runtime advises for static int8
             quant_pre_process(str(float_model), str(float_model))
             names = _input_names(len(calibration[0]))
-            feeds = iter([{n: t.numpy() for n, t in zip(names, b, strict=True)} for b in calibration])
+            feeds = iter(
+                [{n: t.detach().cpu().numpy() for n, t in zip(names, b, strict=True)} for b in calibration]
+            )
 
             class Batches(CalibrationDataReader):
                 def get_next(self) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -234,10 +235,16 @@ def _torch_ao_dynamic(
 
 
 def _torchao(model: nn.Module, scheme: str) -> nn.Module:
+    # torchao's import registers a pytree constant that torch warns about through its logger
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
     try:
         from torchao import quantization
     except ImportError:
         raise ValueError("backend='torchao' needs the torchao package: pip install torchao") from None
+    finally:
+        pytree.setLevel(level)
     config = getattr(quantization, _TORCHAO_CONFIGS[scheme])()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
