@@ -134,31 +134,44 @@ class ServeReport:
         return written + ([plot] if plot else [])
 
     def plot(self, path: Path) -> Path | None:
+        """Left: batch-1 p50 latency against accuracy (numbered points, named in the legend); right:
+        throughput speed-up at the batch, fastest first."""
         points = [r for r in self.rows if r.latency_ms_p50 is not None]
         if not points:
             return None
         from perfkit.bench.report import _pyplot
 
         plt = _pyplot()
-        figure, axes = plt.subplots(figsize=(7, 4.5))
+        figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.1, 1]})
         with_accuracy = all(r.accuracy is not None for r in points)
-        for r in points:
+        colors = plt.get_cmap("tab20")
+        for number, r in enumerate(points, 1):
             y = r.accuracy if with_accuracy else r.throughput_per_s
-            axes.scatter(r.latency_ms_p50, y)
-            axes.annotate(
-                r.name, (r.latency_ms_p50, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            left.scatter(r.latency_ms_p50, y, color=colors(number % 20), label=f"{number}: {r.name}")
+            left.annotate(
+                str(number), (r.latency_ms_p50, y), textcoords="offset points", xytext=(3, 3), fontsize=8
             )
-        axes.set_xscale("log")
-        axes.set_xlabel("batch-1 latency p50 (ms, log scale; left is faster)")
-        axes.set_ylabel(
+        left.set_xscale("log")
+        left.set_xlabel("batch-1 latency p50 (ms, log scale; left is faster)")
+        left.set_ylabel(
             "held-out accuracy"
             if with_accuracy
             else f"throughput at batch {self.settings['batch_size']} (/s)"
         )
-        axes.set_title("Serving candidates: latency and accuracy")
-        axes.grid(alpha=0.3)
+        left.legend(fontsize=7, loc="best")
+        left.grid(alpha=0.3)
+        ranked = sorted((r for r in points if r.speedup is not None), key=lambda r: r.speedup or 0.0)
+        right.barh([r.name for r in ranked], [r.speedup for r in ranked], color="tab:blue")
+        right.axvline(1.0, color="grey", linewidth=0.8)
+        right.set_xlabel(
+            f"speed-up over {points[0].name} at batch {self.settings['batch_size']} (median of rounds)"
+        )
+        right.tick_params(axis="y", labelsize=8)
+        right.grid(alpha=0.3, axis="x")
+        model = f" ({self.settings['model']})" if self.settings.get("model") else ""
+        figure.suptitle(f"Serving candidates{model}: latency, accuracy and throughput")
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=110)
         plt.close(figure)
         return path
 
