@@ -222,7 +222,7 @@ def _export_stages(
     """Export the last stage's network in each of ``cfg.export``'s formats into the run directory,
     and add each artifact that passed its check as a stage of its own (scored and timed like the
     others). A format that fails is one line in the log and in the returned records; the rest still run."""
-    from perfkit.network import get_network, with_network
+    from perfkit.network import get_network
     from perfkit.optim import CompiledModule
     from perfkit.optim.exporting import FILE_NAMES, ExportError, export_checked, load
     from perfkit.optim.report import count_parameters
@@ -263,7 +263,7 @@ def _export_stages(
         stages.append(
             (
                 format if label == "original" else f"{label} -> {format}",
-                with_network(stages[0][1], evaluator.path, loaded),
+                _with_artifact(stages[0][1], evaluator.path, loaded),
             )
         )
         records.append({**record, **checked.to_dict()})
@@ -292,11 +292,11 @@ def _serve(
     candidates = []
     for (name, module), row in zip(stages, rows, strict=True):
         network = get_network(module, path).cpu().eval()
-        artifact = getattr(network, "path", None)
+        loaded = _artifact(network)
         kind = "torch_compile" if isinstance(network, CompiledModule) else "torch"
-        if artifact is not None:
-            kind = "aoti" if str(artifact).endswith(".pt2") else "onnx"
-        candidates.append(Candidate(name, network, kind, artifact, row.get("test_acc")))
+        if loaded is not None:
+            kind, network = ("aoti" if loaded.path.endswith(".pt2") else "onnx"), loaded
+        candidates.append(Candidate(name, network, kind, loaded and loaded.path, row.get("test_acc")))
     options = cfg.serve
     report = serve_benchmark(
         candidates,
@@ -313,6 +313,32 @@ def _serve(
     report.save(output_dir)
     print(report.to_markdown())
     return report.to_dict()
+
+
+def _with_artifact(module: Any, path: str, artifact: Any) -> Any:
+    """``module`` whose network is the loaded ``artifact``. When the network is the module itself
+    (path ""), a copy whose ``forward`` is the artifact's, so its own steps (``self(x)``) score the
+    artifact; the artifact rides along as ``perfkit_artifact`` for its size and serving."""
+    from perfkit.network import with_network
+
+    if path:
+        return with_network(module, path, artifact)
+    scored = copy.deepcopy(module)
+    scored.perfkit_artifact = artifact
+    scored.forward = artifact.forward
+    return scored
+
+
+def _artifact(network: Any) -> Any:
+    """The loaded artifact a stage's network is or calls, else None."""
+    from perfkit.optim.exporting import LoadedArtifact
+
+    return network if isinstance(network, LoadedArtifact) else getattr(network, "perfkit_artifact", None)
+
+
+def _described(network: Any, name: str) -> Any:
+    """An artifact's own size or its source's parameter count (its weights are not torch's)."""
+    return getattr(_artifact(network), name, None)
 
 
 def _calibration_batches(evaluator: Evaluator, model: Any, call: Any) -> list[tuple[Any, ...]]:
@@ -369,8 +395,8 @@ def _measure_stages(
             "variant": name,
             "metrics": metrics,
             "output_drift": drift,
-            "parameters": getattr(network, "source_parameters", None) or count_parameters(network),
-            "size_bytes": getattr(network, "size_bytes", None) or serialized_size(network),
+            "parameters": _described(network, "source_parameters") or count_parameters(network),
+            "size_bytes": _described(network, "size_bytes") or serialized_size(network),
         }
         accuracy = _accuracy(metrics)
         if accuracy is not None:
