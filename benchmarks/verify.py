@@ -18,7 +18,7 @@ At most 8 files land in OUT, none in a folder (what a lent GPU machine sends bac
 step's output and the summary), parity.{json,md}, bench.{json,md}, profile.md, startup.{json,md}.
 The summary printed at the end is the figures the docs' GPU sentences rest on. ``--dry-run`` runs the
 same steps on the CPU at toy sizes in a minute or two, so the command is known to work before a
-GPU is ever lent (a slow test runs it; CI runs the slow tests).
+GPU is ever lent (a test in the default suite runs it).
 """
 
 from __future__ import annotations

@@ -210,12 +210,15 @@ class ServeTiming:
     batch_size: int = 64  # throughput is measured at this batch size
     latency_calls: int = 200  # batch-1 calls per candidate, interleaved call by call
     rounds: int = 20  # interleaved rounds of the throughput batch
-    cold_starts: int = 1  # fresh processes per candidate (the median is reported)
+    cold_starts: int = 1  # fresh processes per candidate (the median is reported; 0: none)
     concurrency: int = 0  # threads calling batch-1 at once for tail latency under load (0 = off)
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.latency_calls, self.rounds, self.cold_starts) < 1:
-            raise ValueError("batch_size, latency_calls, rounds and cold_starts must be >= 1")
+        for name in ("batch_size", "latency_calls", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: use an integer >= 1")
+        if self.cold_starts < 0:
+            raise ValueError(f"cold_starts={self.cold_starts}: use 0 (none) or a number of fresh processes")
         if self.concurrency < 0:
             raise ValueError(f"concurrency={self.concurrency}: use 0 (off) or a number of threads")
 

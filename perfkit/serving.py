@@ -191,7 +191,8 @@ def serve_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> ServeReport:
     """Measure every candidate (see the module's docstring). ``example_inputs``: the network's inputs,
-    batched on dim 0; they are cut or repeated to batch 1 and ``batch_size``. ``device``: where the
+    batched on dim 0; they are cut or repeated to batch 1 and ``batch_size``. ``cold_starts``: fresh
+    processes per candidate (the median kept; 0: none). ``device``: where the
     inputs go (the candidates must already run there); on CUDA each timed call is synchronised and
     the serving process moves the model there. A candidate that fails a step keeps its other
     figures and says why in ``errors``."""
@@ -206,7 +207,7 @@ def serve_benchmark(
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
-            for candidate in candidates:
+            for candidate in candidates if cold_starts else ():  # 0: in-process figures only
                 say(f"cold start: {candidate.name}")
                 _cold_start(candidate, rows[candidate.name], one, threads, cold_starts, Path(scratch), device)
         one = tuple(t.to(device) for t in one)

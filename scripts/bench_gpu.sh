@@ -10,7 +10,7 @@ verify OUT [--dry-run] [--budget-s S]: the one GPU check, run first whenever a G
   tests, training parity (default job, digits MLP, mnist_resnet18, CUDA graphs), bench=gpu trimmed,
   perfkit.profile on the GPU and start-up time, each time-boxed within 9 minutes; at most 8 files in
   OUT (no folders), and the figures the docs' GPU claims rest on printed at the end. --dry-run runs
-  the same steps on the CPU at toy sizes (a slow test does). python -m benchmarks.verify --help.
+  the same steps on the CPU at toy sizes (a fast test does). python -m benchmarks.verify --help.
 quick, full, gpu, serve: runs 'python -m perfkit.bench bench=PRESET device=cuda OVERRIDE ...' and copies
   report.json (which names the GPU), report.md and the plots (serve: the serve-MODEL-cuda/ folders) to
   benchmarks/results/bench-PRESET-cuda/ (a new dated directory if that one exists: never overwritten).

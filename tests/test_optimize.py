@@ -195,6 +195,7 @@ def test_a_format_that_cannot_export_is_one_line_and_the_others_still_run(
     assert not (tmp_path / "model.pt2").exists()
 
 
+@pytest.mark.slow  # ~11 s: three exports, three fresh serving processes
 def test_serve_measures_every_stage_and_artifact_with_its_accuracy(
     trained_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -227,3 +228,19 @@ def test_serve_measures_every_stage_and_artifact_with_its_accuracy(
     }
     (static,) = [e for e in result["exports"] if e["format"] == "onnx_int8_static"]
     assert static["calibration_batches"] == 16  # training batches, never the held-out ones
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("export=[tflite]", "export: 'tflite' is not valid; allowed: aoti, onnx, onnx_int8, onnx_int8_static"),
+        ("serve.batch_size=0", "serve.batch_size=0: use an integer >= 1"),
+        ("serve.cold_starts=-1", "serve.cold_starts=-1: use 0 (none)"),
+        ("serve.concurrency=-1", "serve.concurrency=-1: use 0 (off)"),
+    ],
+)
+def test_bad_export_and_serve_options_are_one_line(
+    override: str, message: str, trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        optimize(_compose(f"ckpt_path={trained_checkpoint}", override, output_dir=tmp_path))

@@ -109,9 +109,9 @@ def test_a_saved_report_reads_back_the_same(tmp_path: Path) -> None:
 
 
 def test_when_no_candidate_runs_each_says_why() -> None:
-    report = serve_benchmark(
-        [Candidate("a", Broken()), Candidate("b", Broken())], (torch.randn(2, 3),), **QUICK
-    )
+    candidates = [Candidate("a", Broken()), Candidate("b", Broken())]
+    report = serve_benchmark(candidates, (torch.randn(2, 3),), cold_starts=0, **QUICK)
+    assert all(r.cold_start_s is None for r in report.rows)  # cold_starts=0: none
     assert all(r.latency_ms_p50 is None and any("cannot serve" in e for e in r.errors) for r in report.rows)
     assert report.settings["calls_per_throughput_sample"] == 0
 
