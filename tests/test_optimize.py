@@ -233,7 +233,10 @@ def test_serve_measures_every_stage_and_artifact_with_its_accuracy(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("export=[tflite]", "export: 'tflite' is not valid; allowed: aoti, onnx, onnx_int8, onnx_int8_static"),
+        (
+            "export=[tflite]",
+            "export: 'tflite' is not valid; allowed: aoti, onnx, onnx_int8, onnx_int8_static",
+        ),
         ("serve.batch_size=0", "serve.batch_size=0: use an integer >= 1"),
         ("serve.cold_starts=-1", "serve.cold_starts=-1: use 0 (none)"),
         ("serve.concurrency=-1", "serve.concurrency=-1: use 0 (off)"),
