@@ -170,6 +170,9 @@ def save_atomically(value: Any, path: Path) -> None:
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror, str(path)) from error
+    except BaseException:  # e.g. a value that cannot be pickled: no half-written file stays behind
+        temporary.unlink(missing_ok=True)
+        raise
     temporary.replace(path)
 
 

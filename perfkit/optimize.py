@@ -63,7 +63,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     rows, call = _measure_stages(stages, evaluator, cfg, device)
     serve = _serve(stages, rows, evaluator.path, call, cfg, output_dir) if cfg.serve.enabled else None
 
-    save_atomically(final, output_dir / "optimized.pt")
+    saved = _save_final(final, output_dir / "optimized.pt")
     result = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "module": type(model).__name__,
@@ -74,6 +74,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         "rounds": cfg.benchmark.rounds,
         "score": evaluator.score_description(),
         "rows": rows,
+        "optimized_pt": saved,
         "exports": exports,
         "serve": serve,
         "reports": [r.to_dict() for r in reports(final)],
@@ -178,12 +179,17 @@ def _transform_stages(
     if cfg.quantize:
         # backend=auto times torch.ao and torchao on the network's inputs, as the next stage runs it
         inputs = None if example.kwargs else example.resized(cfg.benchmark.batch_size).to("cpu").args
+        # static int8 sets its activation ranges on training batches, never on held-out ones
+        calibration = (
+            _calibration_batches(evaluator, model, example) if cfg.quantize == "int8_static" else None
+        )
         current = quantize(
             current,
             scheme=cfg.quantize,
             backend=cfg.quantize_backend,
             example_inputs=inputs,
             compiled=cfg.compile,
+            calibration=calibration,
         )
         backend = reports(current)[-1].transform.rpartition("backend=")[2].rstrip(")")
         name = f"{cfg.quantize} ({backend})"
@@ -313,6 +319,20 @@ def _serve(
     report.save(output_dir)
     print(report.to_markdown())
     return report.to_dict()
+
+
+def _save_final(final: Any, path: Path) -> str:
+    """``optimized.pt``, or why it could not be written (a torch.export graph, e.g. int8_static, does
+    not pickle: its deployable forms are the export formats)."""
+    import pickle
+
+    try:
+        save_atomically(final, path)
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        reason = f"not written: the final model cannot be pickled ({str(error).splitlines()[0][:120]}); use export=[...]"
+        log.warning("optimized.pt %s", reason)
+        return reason
+    return path.name
 
 
 def _with_artifact(module: Any, path: str, artifact: Any) -> Any:

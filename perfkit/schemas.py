@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PruneMethod = Literal["l1_unstructured", "random_unstructured", "global_l1", "ln_structured", "channels"]
-QuantizeScheme = Literal["int8_dynamic", "int8_weight_only"]
+QuantizeScheme = Literal["int8_dynamic", "int8_weight_only", "int8_static"]
 QuantizeBackend = Literal["auto", "torch_ao", "torchao"]
 # AOTInductor package (.pt2); ONNX (.onnx) as exported, with ONNX Runtime's dynamic int8, or its static
 # (QDQ, calibrated) int8

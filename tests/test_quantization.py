@@ -57,3 +57,32 @@ def test_weight_only_is_torchaos() -> None:
     assert perfkit.reports(quantized)[-1].transform == "quantize(scheme=int8_weight_only, backend=torchao)"
     x = torch.randn(3, 32)
     torch.testing.assert_close(quantized(x), model(x), atol=0.05, rtol=0.05)
+
+
+def test_static_int8_through_torchaos_pt2e_flow() -> None:
+    from tests.toy_models import TinyConvNet
+
+    torch.manual_seed(0)
+    model = TinyConvNet().eval()
+    x = model.example_inputs()
+    calibration = [torch.randn(4, *x.shape[1:]) for _ in range(3)]
+    quantized = perfkit.quantize(model, scheme="int8_static", example_inputs=x, calibration=calibration)
+    assert perfkit.reports(quantized)[-1].transform == "quantize(scheme=int8_static, backend=torchao)"
+    other = torch.randn(7, *x.shape[1:])  # another batch size: the batch stays dynamic
+    with torch.no_grad():
+        first = quantized(other)
+        quantized.train()  # an inference graph stays one (Lightning and perfkit call train/eval)
+        assert quantized.eval() is quantized
+        torch.testing.assert_close(quantized(other), first)
+        torch.testing.assert_close(first, model(other), atol=0.05, rtol=0.1)
+
+
+def test_static_int8_needs_inputs_and_names_the_alternative_when_pt2e_cannot() -> None:
+    from perfkit.models import resnet18
+
+    with pytest.raises(ValueError, match="int8_static calibrates activation ranges: pass example_inputs"):
+        perfkit.quantize(TinyMLP(), scheme="int8_static")
+    with pytest.raises(ValueError, match=r"pt2e flow cannot quantize this model .*onnx_int8_static"):
+        perfkit.quantize(
+            resnet18((1, 8, 8), 3).eval(), scheme="int8_static", example_inputs=torch.randn(2, 1, 8, 8)
+        )

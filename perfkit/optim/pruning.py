@@ -135,8 +135,9 @@ def check_example_inputs(model: nn.Module, example_inputs: Any, transform: str) 
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
     try:
+        model.eval()  # not chained: an exported graph's eval() returns None
         with torch.no_grad():
-            model.eval()(*inputs)
+            model(*inputs)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(

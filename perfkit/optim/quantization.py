@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ def quantize(
     backend: str = "auto",
     example_inputs: Any = None,
     compiled: bool = False,
+    calibration: Iterable[Any] | None = None,
 ) -> nn.Module:
     """A quantized copy of ``model`` (left untouched), for CPU inference.
 
@@ -65,21 +67,35 @@ def quantize(
     under ``perfkit.compile``), and the faster kept. Without ``example_inputs`` nothing can be timed,
     and ``auto`` takes torch.ao and says so in the report. With ``example_inputs`` the quantized model
     is also run on them; a ValueError says why if it fails.
+
+    ``int8_static`` (torchao's pt2e flow with ``X86InductorQuantizer``: convolutions and Linear layers,
+    activation ranges calibrated on ``calibration`` batches, else ``example_inputs``) returns a
+    ``torch.export`` graph whose int8 kernels exist only under ``perfkit.compile``; models the flow
+    cannot partition (torchvision's ResNet-18 here) get a ValueError naming ONNX Runtime's static int8
+    (``perfkit.export(..., format="onnx_int8_static")``) as the alternative.
     """
     require_module(model, "perfkit.quantize")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown quantization backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    if scheme == "int8_weight_only" and backend == "torch_ao":
-        raise ValueError("int8_weight_only is torchao's: use backend='torchao' or 'auto'")
+    if scheme in ("int8_weight_only", "int8_static") and backend == "torch_ao":
+        raise ValueError(f"{scheme} is torchao's: use backend='torchao' or 'auto'")
+    if scheme == "int8_static" and example_inputs is None:
+        raise ValueError(
+            "int8_static calibrates activation ranges: pass example_inputs (and calibration=[...])"
+        )
     source = model
     model = copy.deepcopy(model).eval()
     if example_inputs is not None:  # a mistake in the inputs is the caller's, not a backend's
         check_example_inputs(model, example_inputs, f"perfkit.quantize({scheme})")
     chosen, choice = _choose_backend(backend, scheme, model, example_inputs, compiled)
 
-    quantized, notes = _apply(model, chosen, scheme)
+    if scheme == "int8_static":
+        quantized = _pt2e_static(model, example_inputs, calibration)
+        notes = ["torchao pt2e static int8 (X86InductorQuantizer): int8 kernels only under perfkit.compile"]
+    else:
+        quantized, notes = _apply(model, chosen, scheme)
     if choice:
         notes.append(choice["note"])
 
@@ -132,8 +148,8 @@ def _choose_backend(
         return backend, {}
     if not any(type(m) in _TORCH_AO_TYPES for m in model.modules()):
         return "torch_ao", {}  # nothing to quantize, nothing to time: said by the caller
-    if scheme == "int8_weight_only":
-        return "torchao", {"note": "backend=auto: int8_weight_only is torchao's alone"}
+    if scheme in ("int8_weight_only", "int8_static"):
+        return "torchao", {"note": f"backend=auto: {scheme} is torchao's alone"}
     if importlib.util.find_spec("torchao") is None:
         return "torch_ao", {
             "note": "backend=auto: torchao is not installed, so torch.ao (nothing to compare)"
@@ -250,6 +266,46 @@ def _torchao(model: nn.Module, scheme: str) -> nn.Module:
         warnings.simplefilter("ignore", DeprecationWarning)
         quantization.quantize_(model, config)
     return model
+
+
+def _pt2e_static(model: nn.Module, example_inputs: Any, calibration: Iterable[Any] | None) -> nn.Module:
+    """torchao's pt2e flow: export with a dynamic batch, insert observers, run the calibration
+    batches, convert to quantize/dequantize pairs around int8 ops (fused by inductor)."""
+    try:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError:
+        raise ValueError("int8_static needs torchao's pt2e flow: pip install torchao") from None
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    batches = [b if isinstance(b, tuple) else (b,) for b in (calibration or [args])]
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        dynamic = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() else None for a in args)
+        graph = torch.export.export(model, args, dynamic_shapes=dynamic).module()
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for calibration_batch in batches:
+                prepared(*calibration_batch)
+        converted = convert_pt2e(prepared)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ValueError(
+            f"quantize(int8_static): torchao's pt2e flow cannot quantize this model ({type(error).__name__}: "
+            f"{first}); ONNX Runtime's static int8 may: perfkit.export(model, x, format='onnx_int8_static')"
+        ) from None
+    # an exported graph refuses .eval()/.train(), which perfkit and Lightning call; torchao's train
+    # mode would rewrite its dropout: it stays an inference graph, whatever mode it is asked for
+    move_exported_model_to_eval(converted)
+    converted.train = types.MethodType(_inference_only, converted)
+    converted.eval = types.MethodType(_inference_only, converted)
+    return converted
+
+
+def _inference_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    return self
 
 
 def _warn_drift(scheme: str, source: nn.Module, quantized: nn.Module, example_inputs: Any) -> list[str]:
