@@ -90,7 +90,10 @@ def test_original_accuracy_is_the_checkpoints(trained_checkpoint: Path, tmp_path
     ("overrides", "message"),
     [
         (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not a file"),
-        (["quantize=int4"], "quantize='int4' is not valid; allowed: int8_dynamic, int8_weight_only, int8_static, null"),
+        (
+            ["quantize=int4"],
+            "quantize='int4' is not valid; allowed: int8_dynamic, int8_weight_only, int8_static, null",
+        ),
         ([], "nothing to do: set prune.amount"),
         (["prune.amount=2"], r"prune.amount=2 is not valid: use a number in \[0, 1\)"),
         (["device=tpu", "quantize=int8_dynamic"], r"device='tpu' is not valid; allowed: cpu, cuda"),

@@ -70,9 +70,14 @@ def test_a_pickled_module_the_serving_process_cannot_load_is_said(tmp_path: Path
     assert "Local" in row.errors[0]
 
 
-def test_no_candidates_is_refused() -> None:
+def test_no_candidates_twice_a_name_or_an_unknown_kind_is_refused() -> None:
+    x = (torch.randn(2, 3),)
     with pytest.raises(ValueError, match="no candidates"):
-        serve_benchmark([], (torch.randn(2, 3),))
+        serve_benchmark([], x)
+    with pytest.raises(ValueError, match="given more than once: a"):
+        serve_benchmark([Candidate("a", Broken()), Candidate("a", Broken())], x)
+    with pytest.raises(ValueError, match="unknown kind"):
+        serve_benchmark([Candidate("a", Broken(), kind="tflite")], x)
 
 
 def test_the_table_has_a_header_cell_for_every_column() -> None:
