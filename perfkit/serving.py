@@ -197,19 +197,7 @@ def serve_benchmark(
     the serving process moves the model there. A candidate that fails a step keeps its other
     figures and says why in ``errors``."""
     say = progress or (lambda _: None)
-    if not candidates:
-        raise ValueError("serve_benchmark: no candidates")
-    names = [c.name for c in candidates]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(
-            f"serve_benchmark: candidate names must differ; given more than once: {', '.join(twice)}"
-        )
-    unknown = sorted({c.kind for c in candidates} - set(KINDS))
-    if unknown:
-        raise ValueError(
-            f"serve_benchmark: unknown kind(s) {', '.join(unknown)}; allowed: {', '.join(KINDS)}"
-        )
+    _check_candidates(candidates)
     rows = {c.name: ServeRow(c.name, c.kind, _size(c), c.accuracy, notes=list(c.notes)) for c in candidates}
     device = torch.device(device)
     one = tuple(_rows(t, 1) for t in example_inputs)
@@ -245,6 +233,22 @@ def serve_benchmark(
         "calls_per_throughput_sample": calls,
     }
     return ServeReport(list(rows.values()), settings, environment())
+
+
+def _check_candidates(candidates: list[Candidate]) -> None:
+    if not candidates:
+        raise ValueError("serve_benchmark: no candidates")
+    names = [c.name for c in candidates]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(
+            f"serve_benchmark: candidate names must differ; given more than once: {', '.join(twice)}"
+        )
+    unknown = sorted({c.kind for c in candidates} - set(KINDS))
+    if unknown:
+        raise ValueError(
+            f"serve_benchmark: unknown kind(s) {', '.join(unknown)}; allowed: {', '.join(KINDS)}"
+        )
 
 
 def _steady_state(

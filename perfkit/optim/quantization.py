@@ -75,27 +75,14 @@ def quantize(
     (``perfkit.export(..., format="onnx_int8_static")``) as the alternative.
     """
     require_module(model, "perfkit.quantize")
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown quantization backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    if scheme in ("int8_weight_only", "int8_static") and backend == "torch_ao":
-        raise ValueError(f"{scheme} is torchao's: use backend='torchao' or 'auto'")
-    if scheme == "int8_static" and example_inputs is None:
-        raise ValueError(
-            "int8_static calibrates activation ranges: pass example_inputs (and calibration=[...])"
-        )
+    _check_options(scheme, backend, example_inputs)
     source = model
     model = copy.deepcopy(model).eval()
     if example_inputs is not None:  # a mistake in the inputs is the caller's, not a backend's
         check_example_inputs(model, example_inputs, f"perfkit.quantize({scheme})")
     chosen, choice = _choose_backend(backend, scheme, model, example_inputs, compiled)
 
-    if scheme == "int8_static":
-        quantized = _pt2e_static(model, example_inputs, calibration)
-        notes = ["torchao pt2e static int8 (X86InductorQuantizer): int8 kernels only under perfkit.compile"]
-    else:
-        quantized, notes = _apply(model, chosen, scheme)
+    quantized, notes = _apply(model, chosen, scheme, example_inputs, calibration)
     if choice:
         notes.append(choice["note"])
 
@@ -113,8 +100,27 @@ def quantize(
     return quantized
 
 
-def _apply(model: nn.Module, chosen: str, scheme: str) -> tuple[nn.Module, list[str]]:
-    """``model`` quantized in place by the chosen library, and the notes saying how."""
+def _check_options(scheme: str, backend: str, example_inputs: Any) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown quantization backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if scheme in ("int8_weight_only", "int8_static") and backend == "torch_ao":
+        raise ValueError(f"{scheme} is torchao's: use backend='torchao' or 'auto'")
+    if scheme == "int8_static" and example_inputs is None:
+        raise ValueError(
+            "int8_static calibrates activation ranges: pass example_inputs (and calibration=[...])"
+        )
+
+
+def _apply(
+    model: nn.Module, chosen: str, scheme: str, example_inputs: Any, calibration: Iterable[Any] | None
+) -> tuple[nn.Module, list[str]]:
+    """``model`` quantized (in place where the library does so) by the chosen library, and the notes
+    saying how."""
+    if scheme == "int8_static":
+        note = "torchao pt2e static int8 (X86InductorQuantizer): int8 kernels only under perfkit.compile"
+        return _pt2e_static(model, example_inputs, calibration), [note]
     targets = _TORCH_AO_TYPES if chosen == "torch_ao" else (nn.Linear,)
     if not any(type(m) in targets for m in model.modules()):
         found = (
