@@ -6,6 +6,7 @@ archive``, ``Error(s) in loading state_dict``), after the data was loaded and th
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,13 @@ class RandomState:
 def checkpoint_io() -> Any:
     """Lightning's checkpoint writer, with the checkpoint's path on a failed write (a full disk):
     Lightning's error names neither the file nor the cause's errno."""
+    return _named_checkpoint_io()()
+
+
+@functools.cache
+def _named_checkpoint_io() -> type:
+    """The class, made on first use (it subclasses Lightning's, which this module does not import
+    up front) and reachable as ``perfkit.checkpoint.NamedCheckpointIO``: ddp_spawn pickles it."""
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
     class NamedCheckpointIO(TorchCheckpointIO):
@@ -157,7 +165,15 @@ def checkpoint_io() -> Any:
                 # Lightning writes to a temporary file and renames it: the previous checkpoint survives
                 raise OSError(error.errno, error.strerror, str(path)) from error
 
-    return NamedCheckpointIO()
+    NamedCheckpointIO.__qualname__ = "NamedCheckpointIO"
+    NamedCheckpointIO.__module__ = __name__
+    return NamedCheckpointIO
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NamedCheckpointIO":  # what unpickling in a spawned worker looks up
+        return _named_checkpoint_io()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_atomically(value: Any, path: Path) -> None:
