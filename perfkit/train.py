@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -61,6 +62,7 @@ def _train(
     import lightning as L
 
     from perfkit.checkpoint import check_fits, check_resume_matches, read_checkpoint
+    from perfkit.distributed import HEARTBEATS
     from perfkit.run import resume_checkpoint, write_json
     from perfkit.tracking import check_loggers, finish_training_runs
 
@@ -108,6 +110,8 @@ def _train(
     ).as_dict()
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
+        # every stage is over on every rank: no heartbeat is left to read (ranks' own clean-up races)
+        shutil.rmtree(run_dir / HEARTBEATS, ignore_errors=True)
         log.info("run directory: %s", run_dir)
     reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
