@@ -159,8 +159,9 @@ def timed_out(error: BaseException) -> bool:
 
 
 def stuck_rank(now: float | None = None) -> str:
-    """``rank 1 of 2 (last noted progress 620 s ago, at step 40)``: the rank whose heartbeat is oldest,
-    from the files :class:`perfkit.callbacks.Heartbeat` writes; empty when there are none."""
+    """``rank 1 of 2 (last noted progress 620 s ago, at step 40)``: of the other ranks, the one whose
+    heartbeat is oldest, from the files :class:`perfkit.callbacks.Heartbeat` writes; empty when there
+    are none."""
     import json
     import time
     from pathlib import Path
@@ -174,7 +175,11 @@ def stuck_rank(now: float | None = None) -> str:
             beats.append(json.loads(path.read_text()))
     if len(beats) < 2:
         return ""
-    oldest = min(beats, key=lambda beat: beat["time"])
+    # this process gave up waiting, so it is alive; its own heartbeat may still be the oldest (beats are
+    # written at most once a second, and it has been blocked in the collective since)
+    own = getattr(trainer, "global_rank", None)
+    others = [beat for beat in beats if beat.get("rank") != own] or beats
+    oldest = min(others, key=lambda beat: beat["time"])
     ago = (now or time.time()) - oldest["time"]
     world = f" of {trainer.world_size}" if trainer is not None else ""
     return f"rank {oldest['rank']}{world} (last noted progress {ago:.0f} s ago, at step {oldest['step']})"
