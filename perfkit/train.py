@@ -110,8 +110,7 @@ def _train(
     ).as_dict()
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
-        # every stage is over on every rank: no heartbeat is left to read (ranks' own clean-up races)
-        shutil.rmtree(run_dir / HEARTBEATS, ignore_errors=True)
+        shutil.rmtree(run_dir / HEARTBEATS, ignore_errors=True)  # every rank is done: no race left
         log.info("run directory: %s", run_dir)
     reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
