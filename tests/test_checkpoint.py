@@ -156,9 +156,9 @@ def test_killing_a_loader_worker_mid_run_is_one_line(tmp_path: Path) -> None:
     _, err = process.communicate(timeout=120)
     assert process.returncode == 1, err
     last = err.strip().splitlines()[-1]
-    assert (
-        last.startswith("perfkit.train: error: a DataLoader worker (pid ")
-        and "died (killed by signal Killed" in last
+    # torch reports the signal when its watchdog sees the death first, else only that the worker exited
+    assert last.startswith("perfkit.train: error: a DataLoader worker (pid ") and (
+        "died (killed by signal Killed" in last or "died (exited unexpectedly)" in last
     )
 
 
