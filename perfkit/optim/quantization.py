@@ -71,7 +71,7 @@ def quantize(
     ``int8_static`` (torchao's pt2e flow with ``X86InductorQuantizer``: convolutions and Linear layers,
     activation ranges calibrated on ``calibration`` batches, else ``example_inputs``) returns a
     ``torch.export`` graph whose int8 kernels exist only under ``perfkit.compile``; models the flow
-    cannot partition (torchvision's ResNet-18 here) get a ValueError naming ONNX Runtime's static int8
+    cannot partition (torchvision's ResNet-18 on torch 2.14) get a ValueError naming ONNX Runtime's static int8
     (``perfkit.export(..., format="onnx_int8_static")``) as the alternative.
     """
     require_module(model, "perfkit.quantize")
