@@ -355,7 +355,7 @@ def _profile_summary(run_dir: Path) -> dict[str, Any] | None:
     worker) and return its headline for ``metrics.json``."""
     import json
 
-    from perfkit.profiling import summary_lines
+    from perfkit.profiling.report import summary_lines
 
     path = run_dir / "profile.json"
     if not path.is_file():

@@ -118,7 +118,7 @@ def test_profiles_count_resident_batches_as_data_time() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from perfkit.measure import quiet_profiler_logs
-    from perfkit.profiling import _DATA
+    from perfkit.profiling.breakdown import _DATA
 
     digits = DigitsDataModule(batch_size=100, device_resident=True)
     digits.setup()
