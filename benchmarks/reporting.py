@@ -16,7 +16,8 @@ import torch
 
 from perfkit.bench.report import machine_line
 from perfkit.measure import busy_sentence, load_snapshot, machine_load
-from perfkit.run import environment, write_json
+from perfkit.run import write_json
+from perfkit.system import environment
 
 RESULTS_DIR = Path(os.environ.get("PERFKIT_BENCH_RESULTS", Path(__file__).parent / "results"))
 # a benchmark imports this module before it measures: how busy the machine was is taken from here on

@@ -21,7 +21,8 @@ from omegaconf import open_dict
 from perfkit.config import config_dir
 from perfkit.measure import speedup, time_interleaved
 from perfkit.optimize import optimize
-from perfkit.run import environment, write_json
+from perfkit.run import write_json
+from perfkit.system import environment
 from perfkit.train import train
 
 RESULTS = Path(__file__).parent / "results" / "optim_targets-cpu.json"

@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from perfkit.errors import ConfigError
+from perfkit.errors import ConfigError, first_line
 
 
 def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
                 raise
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # legacy format
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(
             f"{key}: {path} cannot be read as a checkpoint, it is truncated or not one ({reason})"
         ) from None

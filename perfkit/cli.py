@@ -47,7 +47,7 @@ def command(
         return run_task(cfg, program, task, user_errors=user_errors)
 
     def main() -> None:
-        from perfkit.run import process_start_time
+        from perfkit.system import process_start_time
 
         _command_started[:] = [process_start_time()]
         check_output_dir_overrides(program)

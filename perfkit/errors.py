@@ -1,4 +1,5 @@
-"""The exception every perfkit check raises for a user's mistake (in its own module: every layer uses it)."""
+"""The exception every perfkit check raises for a user's mistake, and the one-line renderings of errors
+(in their own module: every layer uses them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,34 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is one line naming the key and what is allowed."""
+
+
+def first_line(error: BaseException, *, limit: int | None = None, typed: bool = False) -> str:
+    """The first line of an error's message, cut to ``limit`` characters; the exception's type name
+    when it has no message. ``typed``: prefixed with the type name (``ValueError: ...``; ``RuntimeError:
+    no message`` for a bare ``raise RuntimeError``)."""
+    text = str(error).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if typed:
+        return f"{type(error).__name__}: {line or 'no message'}"
+    return line or type(error).__name__
+
+
+def error_line(error: BaseException) -> str:
+    """One readable line for a configuration or construction error (Hydra wraps the latter)."""
+    from hydra.errors import InstantiationException  # Hydra only where an error is being reported
+
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__ or error
+        key = next(
+            (line.split(":", 1)[1].strip() for line in str(error).splitlines() if "full_key:" in line), ""
+        )
+        message = first_line(cause)
+        return f"{key}: {message}" if key else message
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the worker's own message
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 class Interrupted:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from perfkit.checkpoint import save_atomically
 from perfkit.cli import command, run_program
 from perfkit.config import ConfigError, check_required, typed_root
+from perfkit.errors import first_line
 from perfkit.schemas import PostTraining
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     from perfkit.network import get_network, network_path
     from perfkit.optim import reports
     from perfkit.optim.exporting import FILE_NAMES
-    from perfkit.run import RunDirectory, environment, write_json
+    from perfkit.run import RunDirectory, write_json
+    from perfkit.system import environment
     from perfkit.train import build
 
     check_required(cfg)
@@ -51,7 +53,7 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     except RuntimeError as error:
         raise ConfigError(
             f"ckpt_path: the weights do not fit the run's model config (a run trained with channel pruning "
-            f"has a smaller architecture than its config describes): {str(error).splitlines()[0]}"
+            f"has a smaller architecture than its config describes): {first_line(error)}"
         ) from None
     path = network_path(model)
     log.info("transforms apply to %s", f"{type(model).__name__}.{path}" if path else type(model).__name__)
@@ -329,7 +331,7 @@ def _save_final(final: Any, path: Path) -> str:
     try:
         save_atomically(final, path)
     except (pickle.PicklingError, AttributeError, TypeError) as error:
-        reason = f"not written: the final model cannot be pickled ({str(error).splitlines()[0][:120]}); use export=[...]"
+        reason = f"not written: the final model cannot be pickled ({first_line(error, limit=120)}); use export=[...]"
         log.warning("optimized.pt %s", reason)
         return reason
     return path.name

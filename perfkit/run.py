@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
 import os
-import platform
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,67 +210,85 @@ def _lock_owner(lock: Path) -> str | None:
     return f"pid {pid}"
 
 
-def cache_dir() -> Path:
-    """``$PERFKIT_CACHE_DIR``, default ``$XDG_CACHE_HOME/perfkit`` or ``~/.cache/perfkit``."""
-    root = os.environ.get("PERFKIT_CACHE_DIR")
-    if root is None:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perfkit")
-    return Path(root)
+# -- naming a new run directory -------------------------------------------------------------------
 
 
-def process_start_time() -> float:
-    """When this process started, as a ``time.time()`` stamp (Linux: from /proc, 10 ms resolution);
-    elsewhere, now."""
-    import time
+def fresh_run_dir(parent: str) -> str:
+    """``parent/<PERFKIT_RUN_ID>`` when set (every rank of a torchrun/SLURM job names the same one),
+    else a new ``parent/<date>_<time>`` directory, created here so that two runs started in the same
+    second get two directories (the second gets a ``-2`` suffix)."""
+    run_id = os.environ.get("PERFKIT_RUN_ID")
+    if run_id:
+        return str(Path(parent) / run_id)
+    if parent in _fresh_dirs:  # the config is resolved more than once in a process
+        return _fresh_dirs[parent]
+    import datetime
 
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            # the fields after the command name (which may hold spaces); starttime is field 22
-            started_ticks = int(stat.read().rpartition(")")[2].split()[19])
-            age = float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
-        return time.time() - max(0.0, age)
-    except (OSError, ValueError, IndexError):
-        return time.time()
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            candidate = Path(parent) / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            _fresh_dirs[parent] = str(candidate)
+            return str(candidate)
+    except OSError as error:
+        # Hydra would print a traceback: one line, as for any other configuration error
+        print(
+            f"perfkit: error: cannot create a run directory under {parent} ({error.strerror or error}): "
+            "choose a writable place with paths.log_dir=... or hydra.run.dir=...",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    raise SystemExit(f"perfkit: error: no free run directory name under {parent}")
 
 
-def environment() -> dict[str, Any]:
-    """Versions and hardware that a result depends on."""
-    import lightning
-    import torch
-
-    import perfkit
-
-    info: dict[str, Any] = {
-        **cpu_description(),
-        "perfkit": perfkit.__version__,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+_fresh_dirs: dict[str, str] = {}
 
 
-# instruction-set extensions that decide how fast int8/bf16 kernels can be on a CPU
-_SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+def check_output_dir_overrides(program: str, argv: list[str] | None = None) -> None:
+    """Refuse, in one line, a ``hydra.run.dir``/``hydra.sweep.dir`` override that can't be created:
+    Hydra creates it before any perfkit code runs and would answer with a traceback."""
+    for argument in sys.argv[1:] if argv is None else argv:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value:
+            continue
+        if not value.strip():
+            # an unset shell variable (hydra.run.dir=$RUN): Hydra would write into the current directory
+            print(
+                f"{program}: error: {key}= is empty (an unset shell variable?): give a directory, or leave "
+                f"{key} out for a new one under outputs/",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        problem = _unusable_directory(Path(value).expanduser().absolute())
+        if problem:
+            shown = value if len(value) <= 100 else f"{value[:60]}...({len(value)} characters)"
+            print(f"{program}: error: {key}={shown}: {problem}; choose another directory", file=sys.stderr)
+            raise SystemExit(2)
 
 
-def cpu_description() -> dict[str, Any]:
-    """CPU model and the SIMD extensions it offers (from /proc/cpuinfo where available)."""
-    model, flags = platform.processor() or platform.machine(), set()
+def _unusable_directory(path: Path) -> str | None:
+    """Why a run directory at ``path`` cannot be created or written, or None."""
+    name_max = 255
+    with contextlib.suppress(OSError):
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+    long_part = next((part for part in path.parts if len(part.encode()) > name_max), None)
+    if long_part is not None:
+        return f"a name in it is {len(long_part.encode())} bytes long, more than the file system's {name_max}"
+    if len(str(path).encode()) >= 4096:
+        return f"the path is {len(str(path).encode())} bytes long, more than the system's 4095"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return {"cpu_model": model, "cpu_simd": [flag for flag in _SIMD_FLAGS if flag in flags]}
+        existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    except OSError as error:
+        return error.strerror or str(error)
+    if existing.is_symlink() and not existing.exists():
+        return f"{existing} is a symbolic link to {os.readlink(existing)}, which does not exist"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.errors import first_line
 from perfkit.measure import speedup, time_interleaved
-from perfkit.run import environment, write_json
+from perfkit.run import write_json
+from perfkit.system import environment
 
 WORKER = Path(__file__).with_name("serve_worker.py")
 KINDS = ("torch", "torch_compile", "onnx", "aoti")
@@ -459,8 +461,7 @@ def _served_in(row: ServeRow) -> float:
 
 
 def _line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+    return first_line(error, limit=200, typed=True)
 
 
 def _table(rows: list[ServeRow], loaded: bool) -> str:

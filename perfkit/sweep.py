@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from perfkit.config import task_overrides
+from perfkit.errors import first_line
 from perfkit.run import write_json
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class SweepSummary(Callback):
         failure = _read_json(output_dir / ".failure.json")
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
-            failure = {
-                "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            }
+            failure = {"error": first_line(error, typed=True)}
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             output_dir / JOB_FILE,

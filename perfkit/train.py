@@ -233,7 +233,7 @@ def build_trainer(
 
 def _record_config(cfg: DictConfig, trainer: Any, run_dir: Path, resume_from: Path | None) -> None:
     """``config.yaml`` in the run directory (rank 0) and the hyper-parameters in every logger."""
-    from perfkit.run import environment
+    from perfkit.system import environment
 
     if trainer.is_global_zero:
         OmegaConf.save(cfg, _config_file(run_dir), resolve=True)
@@ -334,7 +334,7 @@ class RunMetrics:
 
 def _setup_description(trainer: Any, model: Any, datamodule: Any, seed: int) -> dict[str, Any]:
     """The :class:`RunMetrics` fields that describe where and how the run trained."""
-    from perfkit.run import environment
+    from perfkit.system import environment
 
     return {
         "world_size": trainer.world_size,

@@ -255,12 +255,12 @@ def test_a_corrupt_image_stops_training_with_its_path(cli: CLI, image_folder: Pa
 def test_default_run_directories_started_in_one_second_differ(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import perfkit.config
+    import perfkit.run
 
     monkeypatch.delenv("PERFKIT_RUN_ID", raising=False)
     made = []
     for _ in range(3):  # three processes: each starts with no memory of the others
-        monkeypatch.setattr(perfkit.config, "_fresh_dirs", {})
+        monkeypatch.setattr(perfkit.run, "_fresh_dirs", {})
         made.append(fresh_run_dir(str(tmp_path / "runs")))
     assert len(set(made)) == 3 and all(Path(d).is_dir() for d in made)
 

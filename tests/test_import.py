@@ -82,3 +82,14 @@ def test_no_function_in_perfkit_is_over_60_lines() -> None:
                 if length > 60:
                     long.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_no_module_in_perfkit_is_over_400_lines() -> None:
+    """One idea per module: a module that grows past 400 lines is split along its seams."""
+    root = Path(__file__).parents[1] / "perfkit"
+    long = [
+        f"{path.relative_to(root.parent)} ({count} lines)"
+        for path in sorted(root.rglob("*.py"))
+        if (count := len(path.read_text().splitlines())) > 400
+    ]
+    assert not long, long

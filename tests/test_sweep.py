@@ -190,15 +190,15 @@ def test_the_optuna_direction_follows_monitor_mode() -> None:
 
 def test_a_sweep_directory_is_reserved_like_a_run_directory(tmp_path: Path) -> None:
     """Two sweeps started in the same second get two directories (-2), as runs do."""
-    import perfkit.config
+    import perfkit.run
     from perfkit.config import compose_config
 
     made = []
     for _ in range(2):
-        perfkit.config._fresh_dirs.clear()  # a second process: nothing cached
+        perfkit.run._fresh_dirs.clear()  # a second process: nothing cached
         cfg = compose_config("train", [f"paths.log_dir={tmp_path}"], with_hydra=True)
         made.append(str(cfg.hydra.sweep.dir))
-    perfkit.config._fresh_dirs.clear()
+    perfkit.run._fresh_dirs.clear()
     assert made[0] != made[1] and all(Path(d).is_dir() for d in made)  # -2 within one second
     assert all(Path(d).parent == tmp_path / "train" / "multiruns" for d in made)
 

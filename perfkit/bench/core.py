@@ -14,6 +14,7 @@ from torch import nn
 
 from perfkit.bench.report import BenchmarkReport, Row
 from perfkit.bench.variants import MODES, check_choices, skip_reason
+from perfkit.errors import first_line
 from perfkit.measure import (
     NOISY_DISPERSION,
     Timing,
@@ -231,7 +232,7 @@ def _first_calls(
             rows[name].notes += sorted({str(w.message).splitlines()[0] for w in caught if _worth_noting(w)})
             steps[name] = step
         except Exception as error:
-            rows[name].status, rows[name].reason = "failed", f"{type(error).__name__}: {first_line(error)}"
+            rows[name].status, rows[name].reason = "failed", first_line(error, typed=True)
     return steps
 
 
@@ -446,17 +447,11 @@ def _worth_noting(warning: warnings.WarningMessage) -> bool:
     return not issubclass(warning.category, DeprecationWarning | FutureWarning)
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or 'no message' (a bare ``raise RuntimeError()``)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
-
-
 def _timing(rounds: int, warmup: int, threads: int | None) -> dict[str, Any]:
     return {"rounds": rounds, "warmup": warmup, "threads": threads or torch.get_num_threads()}
 
 
 def _environment() -> dict[str, Any]:
-    from perfkit.run import environment
+    from perfkit.system import environment
 
     return environment()

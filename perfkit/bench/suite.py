@@ -21,12 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from perfkit.bench.core import first_line, measure_variants
+from perfkit.bench.core import measure_variants
 from perfkit.bench.prepared import Prepared
 from perfkit.bench.report import BenchmarkReport
 from perfkit.bench.variants import Settings, build, skip_reason
 from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
-from perfkit.errors import is_interrupt
+from perfkit.errors import first_line, is_interrupt
 from perfkit.measure import load_snapshot, machine_load
 from perfkit.optim import prune
 from perfkit.schemas import Bench as BenchConfig
@@ -108,7 +108,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
 
 
 def _empty_report(cfg: DictConfig, spec: BenchConfig) -> BenchmarkReport:
-    from perfkit.run import environment
+    from perfkit.system import environment
 
     threads = spec.threads or torch.get_num_threads()
     return BenchmarkReport(
@@ -318,7 +318,7 @@ def build_variants(
         try:
             built[name] = variants[name] = build(name, net, built, settings)
         except Exception as error:
-            failed[name], variants[name] = f"{type(error).__name__}: {first_line(error)}", net
+            failed[name], variants[name] = first_line(error, typed=True), net
     return variants, skipped, failed
 
 

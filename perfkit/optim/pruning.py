@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from perfkit.errors import first_line
 from perfkit.optim.report import PRUNABLE, attach, measure, require_module
 from perfkit.schemas import PruneMethod, choices
 
@@ -139,7 +140,7 @@ def check_example_inputs(model: nn.Module, example_inputs: Any, transform: str) 
         with torch.no_grad():
             model(*inputs)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ValueError(
             f"{transform}: the model cannot run on example_inputs ({reason}); give a batch it accepts"
         ) from None

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.errors import first_line
 from perfkit.optim.pruning import check_example_inputs
 from perfkit.optim.report import attach, measure, replaced_layers, require_module
 from perfkit.schemas import QuantizeBackend, QuantizeScheme, choices
@@ -173,7 +174,7 @@ def _time_backends(
 ) -> tuple[str, dict[str, Any]]:
     from perfkit.measure import time_interleaved
     from perfkit.optim.compiling import CompiledModule
-    from perfkit.run import cpu_description
+    from perfkit.system import cpu_description
 
     args = tuple(
         t.cpu() if isinstance(t, torch.Tensor) else t
@@ -195,9 +196,7 @@ def _time_backends(
                     runnable(*args)  # compiles here, outside the timed rounds
             runs[name] = lambda r=runnable: r(*args)  # type: ignore[misc]
         except Exception as error:
-            failed[name] = (
-                f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
-            )
+            failed[name] = first_line(error, limit=200, typed=True)
     if not runs:
         raise ValueError(f"quantize({scheme}): no backend runs this model ({failed})")
     with torch.inference_mode(), warnings.catch_warnings():
@@ -297,10 +296,9 @@ def _pt2e_static(model: nn.Module, example_inputs: Any, calibration: Iterable[An
                 prepared(*calibration_batch)
         converted = convert_pt2e(prepared)
     except Exception as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise ValueError(
-            f"quantize(int8_static): torchao's pt2e flow cannot quantize this model ({type(error).__name__}: "
-            f"{first}); ONNX Runtime's static int8 may: perfkit.export(model, x, format='onnx_int8_static')"
+            "quantize(int8_static): torchao's pt2e flow cannot quantize this model "
+            f"({first_line(error, limit=200, typed=True)}); ONNX Runtime's static int8 may: perfkit.export(model, x, format='onnx_int8_static')"
         ) from None
     # an exported graph refuses .eval()/.train(), which perfkit and Lightning call; torchao's train
     # mode would rewrite its dropout: it stays an inference graph, whatever mode it is asked for

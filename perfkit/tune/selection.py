@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfkit.errors import is_interrupt
+from perfkit.errors import first_line, is_interrupt
 
 ACCEPTED, REJECTED, SKIPPED, FAILED = "accepted", "rejected", "skipped", "failed"
 
@@ -219,8 +219,7 @@ def run_within_budget(
                         raise TuneInterrupted(outcomes) from None
                     raise
                 # one candidate failing must not lose the others
-                text = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
-                outcome = Outcome(candidate, FAILED, f"{type(error).__name__}: {text}")
+                outcome = Outcome(candidate, FAILED, first_line(error, typed=True))
             outcome.seconds = budget.elapsed - started
             observed[(candidate.mode, candidate.axis)] = outcome.seconds
             outcome = decide(outcome, max_accuracy_drop)

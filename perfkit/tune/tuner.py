@@ -236,7 +236,7 @@ class Tuner:
     def _result(
         self, outcomes: list[Outcome], chosen: dict[str, dict[str, Any]], final: dict[str, Outcome]
     ) -> TuneResult:
-        from perfkit.run import environment
+        from perfkit.system import environment
 
         return TuneResult(
             outcomes=outcomes,
