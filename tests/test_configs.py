@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from perfkit.build import build_strategy
 from perfkit.config import ConfigError, check_config, check_node, compose_config, config_dir, instantiate_all
-from perfkit.train import build_strategy
 from tests.conftest import ComposeTrain
 
 CONFIGS = config_dir()

@@ -310,7 +310,7 @@ def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path: Path) ->
 
 
 def test_cpu_collectives_time_out_in_minutes_not_half_an_hour(compose_train: ComposeTrain) -> None:
-    from perfkit.train import CPU_COLLECTIVE_TIMEOUT_S, _strategy_options
+    from perfkit.build import CPU_COLLECTIVE_TIMEOUT_S, _strategy_options
 
     cfg = compose_train("strategy=ddp", "accelerator=cpu")
     assert _strategy_options(cfg, object())["timeout"].total_seconds() == CPU_COLLECTIVE_TIMEOUT_S

@@ -30,7 +30,7 @@ def test_trains_on_cuda(compose_train: ComposeTrain, precision: str) -> None:
 def test_pin_memory_is_on_exactly_when_training_on_cuda(compose_train: ComposeTrain) -> None:
     from hydra.utils import instantiate
 
-    from perfkit.train import build_strategy
+    from perfkit.build import build_strategy
 
     # a DataLoader is what pins: with device-resident data (the default on CUDA) no batch is copied
     cfg = compose_train(*FAST, "accelerator=cuda", "data.device_resident=false")

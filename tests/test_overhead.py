@@ -32,7 +32,7 @@ def test_the_quiet_profiler_hands_out_one_shared_context() -> None:
 def test_training_uses_it_unless_a_profiler_is_asked_for(compose_train: ComposeTrain) -> None:
     from lightning.pytorch.profilers import SimpleProfiler
 
-    from perfkit.train import build, build_trainer
+    from perfkit.build import build, build_trainer
 
     for overrides, expected in (([], QuietProfiler), (["profiler=simple"], SimpleProfiler)):
         cfg = compose_train(*FAST, "data=digits", "model=mlp", "logger=none", *overrides)

@@ -211,8 +211,9 @@ def forget_compiled_graphs(device: torch.device) -> None:
 def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepared:
     """Train ``name`` for ``spec.train_epochs`` with perfkit.train (0: random weights), then prune."""
 
-    from perfkit.optimize import finetune
-    from perfkit.train import build, train
+    from perfkit.build import build
+    from perfkit.fitting import train
+    from perfkit.optim.runs import finetune
 
     if not spec.train_epochs:
         return _untrained(name, spec)

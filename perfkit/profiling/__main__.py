@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from perfkit.cli import command, run_program
-from perfkit.train import train_objective
+from perfkit.fitting import train_objective
 
 PROGRAM = "perfkit.profile"
 profile_run = command(PROGRAM, "profile", train_objective)

@@ -30,8 +30,8 @@ def run(cfg: DictConfig) -> Any:
     check_config(cfg)
     import lightning as L
 
+    from perfkit.build import build
     from perfkit.run import RunDirectory
-    from perfkit.train import build
     from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
     from perfkit.tune.report import train_command
     from perfkit.tune.selection import TuneInterrupted
@@ -183,7 +183,7 @@ def _train_in_a_fresh_process(
     if completed.returncode != 0 or not metrics.is_file():
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         return f"the {name} run failed (exit {completed.returncode}): {lines[-1] if lines else 'no message'}"
-    from perfkit.train import monitored_value
+    from perfkit.evaluation import monitored_value
 
     value = monitored_value(json.loads(metrics.read_text()), str(cfg.get("monitor", "val/acc")))
     if value is None:
