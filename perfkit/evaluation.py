@@ -159,11 +159,6 @@ def monitor_summary(trainer: Any) -> dict[str, Any] | None:
     return monitor.summary() if monitor else None
 
 
-def compile_summary(trainer: Any) -> dict[str, Any]:
-    from perfkit.optim.training import CompileForward
-
-    compiler = next((c for c in trainer.callbacks if isinstance(c, CompileForward)), None)
-    return compiler.summary() if compiler else {}
 
 
 def _data_loading(datamodule: Any, trainer: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from perfkit.cli import take_command_start
 from perfkit.config import ConfigError, check_config, fit_to_targets
 from perfkit.evaluation import (
     RunMetrics,
-    compile_summary,
     evaluate,
     monitor_summary,
     monitored_value,
@@ -100,7 +99,7 @@ def _train(
         **setup_description(trainer, model, datamodule, cfg.seed),
         best_checkpoint=relative_to(result.best_checkpoint, run_dir) if result.best_checkpoint else None,
         evaluated=result.evaluated,
-        optimize={**optimizations.summary(model, pruned), **compile_summary(trainer)},
+        optimize=optimizations.summary(model, trainer),
         resumed_from=relative_to(str(resume_from), run_dir) if resume_from else None,
         wall_time_s=round(time.perf_counter() - started, 3),
         profile=profile_summary(run_dir) if trainer.is_global_zero else None,
@@ -124,7 +123,7 @@ def _pruned(trainer: Any, optimizations: Any) -> bool | None:
     if pruned is False and trainer.is_global_zero:
         log.warning(
             "optimize.prune.at_epoch=%s was never reached: nothing was pruned; the best checkpoint is evaluated",
-            optimizations.prune_at_epoch,
+            optimizations.settings.prune.at_epoch,
         )
     return pruned
 

@@ -75,11 +75,13 @@ class PruneDuringTraining:
 
 @dataclass
 class TrainOptimize:
-    """``optimize``: optimizations applied while training (see perfkit.optim.training)."""
+    """``optimize``: optimizations applied while training, one field per registered optimization
+(:data:`perfkit.optim.training.REGISTRY`; a field's name is the optimization's ``name``)."""
 
     compile: bool = False  # torch.compile the model's forward
     compile_mode: CompileMode = "default"
     prune: PruneDuringTraining = field(default_factory=PruneDuringTraining)
+    channels_last: bool = False  # convolution weights and activations in NHWC memory order
 
 
 @dataclass
