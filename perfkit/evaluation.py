@@ -159,8 +159,6 @@ def monitor_summary(trainer: Any) -> dict[str, Any] | None:
     return monitor.summary() if monitor else None
 
 
-
-
 def _data_loading(datamodule: Any, trainer: Any) -> dict[str, Any]:
     """Loader workers per rank and, for ``num_workers=auto``, the measurements behind the choice."""
     workers = getattr(datamodule, "workers_per_rank", None)

@@ -76,7 +76,7 @@ class PruneDuringTraining:
 @dataclass
 class TrainOptimize:
     """``optimize``: optimizations applied while training, one field per registered optimization
-(:data:`perfkit.optim.training.REGISTRY`; a field's name is the optimization's ``name``)."""
+    (:data:`perfkit.optim.training.REGISTRY`; a field's name is the optimization's ``name``)."""
 
     compile: bool = False  # torch.compile the model's forward
     compile_mode: CompileMode = "default"

@@ -9,7 +9,13 @@ import lightning as L
 import pytest
 import torch
 
-from perfkit.optim.training import REGISTRY, ChannelsLast, TrainingOptimization, TrainingOptimizations, register
+from perfkit.optim.training import (
+    REGISTRY,
+    ChannelsLast,
+    TrainingOptimization,
+    TrainingOptimizations,
+    register,
+)
 from perfkit.schemas import TrainOptimize
 from perfkit.train import train
 from tests.conftest import FAST, ComposeTrain
@@ -78,6 +84,8 @@ def test_a_module_without_convolutions_is_told_nothing_changed() -> None:
 
 def test_off_by_default_and_chosen_by_its_key() -> None:
     model = torch.nn.Conv2d(1, 1, 1)
-    assert not [c for c in TrainingOptimizations.from_config(None).callbacks(model) if isinstance(c, ChannelsLast)]
+    assert not [
+        c for c in TrainingOptimizations.from_config(None).callbacks(model) if isinstance(c, ChannelsLast)
+    ]
     chosen = TrainingOptimizations.create(channels_last=True, compile=True).callbacks(model)
     assert [type(c).__name__ for c in chosen] == ["ChannelsLast", "CompileForward"]  # layout before compile

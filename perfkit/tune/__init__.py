@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.errors import noting_ctrl_c
+from perfkit.tune.candidates import Candidate
 from perfkit.tune.report import write_outputs
 from perfkit.tune.selection import (
     Budget,
-    Candidate,
     Outcome,
     TuneInterrupted,
     decide,

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from perfkit.cli import command, run_program
 from perfkit.config import check_config, fit_to_targets, typed_node
+from perfkit.tune.candidates import train_config_keys
 from perfkit.tune.runs import Score
 
 log = logging.getLogger("perfkit.tune")
@@ -95,7 +96,7 @@ class TuneFailedError(RuntimeError):
 
 
 # training keys that change what the model learns (the others only change how fast it runs)
-NUMERICS_KEYS = ("data.batch_size", "optimizer.lr", "model.warmup_steps", "precision")
+NUMERICS_KEYS = train_config_keys(numerics=True)
 
 
 def verify_full_run(cfg: DictConfig, result: Any, run_dir: Path) -> None:

@@ -7,21 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfkit.run import write_json
+from perfkit.tune.candidates import train_config_keys
 
 if TYPE_CHECKING:
     from perfkit.tune.selection import Outcome
     from perfkit.tune.tuner import TuneResult
 
 # training keys that are perfkit.train config keys (inference choices are advice for serving)
-_TRAIN_KEYS = (
-    "data.batch_size",
-    "data.num_workers",
-    "precision",
-    "optimize.compile",
-    "optimize.compile_mode",
-    "optimizer.lr",
-    "model.warmup_steps",
-)
+_TRAIN_KEYS = train_config_keys()
 
 
 def to_data(result: TuneResult) -> dict[str, Any]:

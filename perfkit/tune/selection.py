@@ -20,25 +20,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from perfkit.errors import first_line, is_interrupt
+from perfkit.tune.candidates import Candidate
 
 ACCEPTED, REJECTED, SKIPPED, FAILED = "accepted", "rejected", "skipped", "failed"
-
-
-@dataclass
-class Candidate:
-    """One setting to try: what it changes, and what it is expected to gain and cost."""
-
-    mode: str  # "train" or "inference"
-    axis: str  # e.g. "precision", "compile", "batch_size", "quantization", "pruning", "num_workers"
-    name: str  # e.g. "bf16-mixed"
-    settings: dict[str, Any] = field(default_factory=dict)  # the config keys it sets
-    expected_gain: float = 1.0  # a prior, only used to order candidates
-    cost_s: float = 5.0  # estimated seconds to measure (compilation dominates)
-    changes_numerics: bool = False
 
 
 @dataclass

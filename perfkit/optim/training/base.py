@@ -26,7 +26,9 @@ class TrainingOptimization(L.Callback):
 
     name: ClassVar[str]
     order: ClassVar[int]
-    fields: ClassVar[tuple[str, ...]] = ()  # more TrainOptimize fields it reads (flat keys, e.g. compile_mode)
+    fields: ClassVar[
+        tuple[str, ...]
+    ] = ()  # more TrainOptimize fields it reads (flat keys, e.g. compile_mode)
 
     @classmethod
     def from_settings(cls, settings: TrainOptimize, model: nn.Module) -> list[L.Callback]:
