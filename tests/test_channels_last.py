@@ -37,7 +37,7 @@ def test_a_name_that_is_no_optimize_key_is_refused() -> None:
     class Typo(TrainingOptimization):
         name, order = "chanels_last", 99
 
-    with pytest.raises(TypeError, match="'chanels_last' is not a field of schemas.TrainOptimize"):
+    with pytest.raises(TypeError, match=r"'chanels_last' is not a field of schemas\.TrainOptimize"):
         register(Typo)
     with pytest.raises(TypeError, match="'channels_last' is registered already"):
         register(ChannelsLast)
