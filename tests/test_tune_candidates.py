@@ -21,7 +21,7 @@ def test_what_a_candidate_changes_follows_from_its_keys() -> None:
     assert not Candidate("train", "compile", "default", {"optimize.compile": True}).changes_numerics
     assert Candidate("inference", "quantization", "x", {"quantize": "torch_ao"}).changes_numerics
     with pytest.raises(
-        ValueError, match="train setting 'optimize.compil' is not registered; allowed: data.batch_size"
+        ValueError, match=r"train setting 'optimize\.compil' is not registered; allowed: data\.batch_size"
     ):
         Candidate("train", "compile", "typo", {"optimize.compil": True})
 
