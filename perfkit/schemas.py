@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from perfkit.bench.catalog import NAMES as CATALOG_NAMES
+from perfkit.bench.catalog import preset
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PruneMethod = Literal["l1_unstructured", "random_unstructured", "global_l1", "ln_structured", "channels"]
@@ -23,25 +26,13 @@ QuantizeBackend = Literal["auto", "torch_ao", "torchao"]
 # (QDQ, calibrated) int8
 ExportFormat = Literal["aoti", "onnx", "onnx_int8", "onnx_int8_static"]
 BenchModel = Literal["cnn", "mlp", "resnet18", "vit", "resnet50", "vit_b_16"]
-BenchVariant = Literal[
-    "eager",
-    "compile",
-    "bf16",
-    "prune_unstructured",
-    "prune_channels",
-    "int8_dynamic",
-    "compile_channels",
-    "tf32",
-    "channels_last",
-    "bf16_channels_last",
-    "compile_max_autotune",
-    "cuda_graphs",
-    "bf16_channels_last_compile",
-    "bf16_channels_last_max_autotune",
-    "handwritten",
-]
-# what the quick and full presets measure: the first seven (bench=gpu measures the GPU-sized rest)
-CLASSIC_VARIANTS: tuple[str, ...] = get_args(BenchVariant)[:7]
+# the variant names and presets come from perfkit.bench.catalog, their one list (plain data)
+if TYPE_CHECKING:
+    BenchVariant = str
+else:
+    BenchVariant = Literal[CATALOG_NAMES]
+# what the quick and full presets measure (bench=gpu measures the GPU-sized ones)
+CLASSIC_VARIANTS: tuple[str, ...] = preset("classic")
 # inference: forward; train: forward + backward + step; serve: perfkit.serving's candidates on the CPU
 BenchMode = Literal["inference", "train", "serve"]
 BenchOptimizer = Literal["sgd", "adamw"]  # adamw: torch's fused AdamW
@@ -90,7 +81,7 @@ class Bench:
     2-3 minutes on 2 CPU cores); ``bench=full`` and ``bench=gpu`` change some keys."""
 
     models: list[BenchModel] = field(default_factory=lambda: ["cnn", "mlp"])
-    variants: list[BenchVariant] = field(default_factory=lambda: list(CLASSIC_VARIANTS))  # type: ignore[arg-type]
+    variants: list[BenchVariant] = field(default_factory=lambda: list(CLASSIC_VARIANTS))
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])  # cuda rows skip without a GPU
     modes: list[BenchMode] = field(default_factory=lambda: ["inference", "train"])
     batch_sizes: list[int] = field(default_factory=lambda: [64])

@@ -90,8 +90,9 @@ def test_option_composes_and_instantiates(
 
 @pytest.mark.parametrize("preset", BENCH_PRESETS)
 def test_bench_presets_compose_and_validate(preset: str) -> None:
+    from perfkit.bench.catalog import preset as variants_of
     from perfkit.bench.suite import bench_config
-    from perfkit.bench.variants import CLASSIC_VARIANTS, GPU_VARIANTS, MODELS
+    from perfkit.bench.variants import MODELS
     from perfkit.config import compose_config
 
     cfg = compose_config("bench", [f"bench={preset}"])
@@ -99,10 +100,10 @@ def test_bench_presets_compose_and_validate(preset: str) -> None:
     assert set(spec.models) <= set(MODELS)
     if preset == "serve":  # the variants a server would ship, and the formats it loads
         assert spec.modes == ["serve"] and spec.devices == ["cpu"] and spec.models == list(MODELS[:4])
-        assert set(spec.variants) <= set(CLASSIC_VARIANTS) and "aoti" in spec.exports
+        assert set(spec.variants) <= set(variants_of("classic")) and "aoti" in spec.exports
         return
     # each preset covers its whole variant matrix
-    assert spec.variants == list(GPU_VARIANTS if preset == "gpu" else CLASSIC_VARIANTS)
+    assert spec.variants == list(variants_of("gpu" if preset == "gpu" else "classic"))
     assert set(spec.modes) == {"inference", "train"}
     if preset == "gpu":
         assert (

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perfkit.bench.catalog import REGISTRY as VARIANT_CATALOG
 from perfkit.measure import busy_sentence
 from perfkit.run import write_json
 
@@ -241,11 +242,9 @@ class BenchmarkReport:
                 "precision shown is that of most of its FLOPs.",
                 "",
             ]
-        from perfkit.bench.variants import DESCRIPTIONS
-
-        present = [v for v in _ordered(r.variant for r in self.rows) if v in DESCRIPTIONS]
+        present = [v for v in _ordered(r.variant for r in self.rows) if v in VARIANT_CATALOG]
         if present:
-            lines += ["## Variants", "", *(f"- `{v}`: {DESCRIPTIONS[v]}" for v in present), ""]
+            lines += ["## Variants", "", *(f"- `{v}`: {VARIANT_CATALOG[v].description}" for v in present), ""]
         notes = sorted({f"{r.model}/{r.variant}: {n}" for r in self.rows for n in r.notes})
         if notes:
             lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]

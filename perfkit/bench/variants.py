@@ -7,6 +7,7 @@ device, or cannot train, says why instead of producing a number.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.bench.catalog import CATALOG, REGISTRY, preset
 from perfkit.optim import compile, prune, quantize
-from perfkit.schemas import CLASSIC_VARIANTS, BenchMode, BenchModel, choices
+from perfkit.schemas import BenchMode, BenchModel, choices
 
 MODELS = choices(BenchModel)
 MODES = choices(BenchMode)
@@ -89,10 +91,11 @@ def eager_network(variant: nn.Module) -> nn.Module:
 
 
 def precision_of(variant: str) -> str:
-    """The arithmetic a variant's matmuls run in: bf16, tf32 or fp32."""
-    if variant.startswith("bf16") or variant == "handwritten":
-        return "bf16"
-    return "tf32" if variant.startswith("tf32") else "fp32"
+    """The arithmetic a variant's matmuls run in: bf16, tf32 or fp32 (a caller's own variant: read
+    from its name's prefix)."""
+    if variant in REGISTRY:
+        return REGISTRY[variant].precision
+    return "bf16" if variant.startswith("bf16") else "tf32" if variant.startswith("tf32") else "fp32"
 
 
 @dataclass(frozen=True)
@@ -109,69 +112,79 @@ class Settings:
 Builder = Callable[[nn.Module, dict[str, nn.Module], Settings], nn.Module]
 
 
-def _channels(net: nn.Module, built: dict[str, nn.Module], settings: Settings) -> nn.Module:
+def as_trained(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return net
+
+
+def compiled(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(net)
+
+
+def autocast(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return Autocast(net)
+
+
+def pruned_unstructured(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return prune(net, amount=s.prune_amount, method="l1_unstructured")
+
+
+def pruned_channels(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
     if "prune_channels" in built:
         return built["prune_channels"]
-    inputs = settings.example_inputs[:1].to(next(net.parameters()).device)
-    return prune(net, amount=settings.prune_amount, method="channels", example_inputs=inputs)
+    inputs = s.example_inputs[:1].to(next(net.parameters()).device)
+    return prune(net, amount=s.prune_amount, method="channels", example_inputs=inputs)
 
 
-VARIANTS: dict[str, Builder] = {
-    "eager": lambda net, built, s: net,
-    "compile": lambda net, built, s: compile(net),
-    "bf16": lambda net, built, s: Autocast(net),
-    "prune_unstructured": lambda net, built, s: prune(net, amount=s.prune_amount, method="l1_unstructured"),
-    "prune_channels": _channels,
-    "int8_dynamic": lambda net, built, s: quantize(
+def quantized(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return quantize(
         net, example_inputs=(s.example_inputs if s.timing_inputs is None else s.timing_inputs).cpu()
-    ),
-    "compile_channels": lambda net, built, s: compile(_channels(net, built, s)),
-    # the GPU preset's variants (bench=gpu); each works on the CPU too, where it makes sense
-    "tf32": lambda net, built, s: TF32(net),
-    "channels_last": lambda net, built, s: ChannelsLast(_copy(net)),
-    "bf16_channels_last": lambda net, built, s: Autocast(ChannelsLast(_copy(net))),
-    "compile_max_autotune": lambda net, built, s: compile(net, mode="max-autotune"),
-    "cuda_graphs": lambda net, built, s: compile(net, mode="reduce-overhead"),
-    "bf16_channels_last_compile": lambda net, built, s: compile(Autocast(ChannelsLast(_copy(net)))),
-    "bf16_channels_last_max_autotune": lambda net, built, s: compile(
-        Autocast(ChannelsLast(_copy(net))), mode="max-autotune"
-    ),
-    "handwritten": lambda net, built, s: HandWritten(_copy(net)),
-}
+    )
 
 
-GPU_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in CLASSIC_VARIANTS[3:])
+def compiled_channels(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(pruned_channels(net, built, s))
+
+
+def tf32(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return TF32(net)
+
+
+def channels_last(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return ChannelsLast(_copy(net))
+
+
+def bf16_channels_last(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return Autocast(ChannelsLast(_copy(net)))
+
+
+def compiled_max_autotune(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(net, mode="max-autotune")
+
+
+def cuda_graphs(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(net, mode="reduce-overhead")
+
+
+def bf16_channels_last_compiled(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(Autocast(ChannelsLast(_copy(net))))
+
+
+def bf16_channels_last_max_autotune(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return compile(Autocast(ChannelsLast(_copy(net))), mode="max-autotune")
+
+
+def handwritten(net: nn.Module, built: dict[str, nn.Module], s: Settings) -> nn.Module:
+    return HandWritten(_copy(net))
 
 
 def _copy(net: nn.Module) -> nn.Module:
     """Builders that convert the memory format work on a copy: the other variants share ``net``."""
-    import copy
-
     return copy.deepcopy(net)
 
 
-DESCRIPTIONS: dict[str, str] = {
-    "eager": "the network as trained, float32",
-    "compile": "torch.compile (inductor, default mode)",
-    "bf16": "bf16 autocast",
-    "prune_unstructured": "50% of each layer's weights zeroed (L1 magnitude), dense kernels",
-    "prune_channels": "channels removed with Torch-Pruning (dependency-aware), then optionally fine-tuned",
-    "int8_dynamic": "int8 dynamic quantization of Linear layers (torch.ao or torchao, whichever ran faster here)",
-    "compile_channels": "channel-pruned, then torch.compile",
-    "tf32": "float32 matmuls and convolutions on TF32 tensor cores",
-    "channels_last": "channels-last (NHWC) memory format",
-    "bf16_channels_last": "bf16 autocast, channels-last",
-    "compile_max_autotune": "torch.compile, max-autotune (kernel autotuning, CUDA graphs)",
-    "cuda_graphs": "torch.compile, reduce-overhead (the step replayed as CUDA graphs)",
-    "bf16_channels_last_compile": "bf16 autocast, channels-last, torch.compile",
-    "bf16_channels_last_max_autotune": "bf16 autocast, channels-last, torch.compile max-autotune",
-    "handwritten": "plain PyTorch as a user writes it for speed: bf16 autocast, channels-last, torch.compile",
-}
-CPU_ONLY = {"int8_dynamic": "int8 dynamic quantization runs on the CPU only"}
-CUDA_ONLY = {
-    "tf32": "TF32 is a tensor-core format of NVIDIA GPUs",
-    "cuda_graphs": "CUDA graphs need a CUDA device",
-}
+# each catalog record's builder, by variant name
+VARIANTS: dict[str, Builder] = {variant.name: globals()[variant.builder] for variant in CATALOG}
+GPU_VARIANTS: tuple[str, ...] = preset("gpu")
 
 
 def check_choices(kind: str, names: list[str], allowed: tuple[str, ...] | list[str]) -> None:
@@ -187,12 +200,11 @@ def skip_reason(variant: str, device: torch.device, mode: str, model: nn.Module 
     """Why ``variant`` cannot be measured on ``device`` in ``mode``, or None when it can."""
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine"
-    if device.type != "cpu" and variant in CPU_ONLY:
-        return CPU_ONLY[variant]
-    if device.type != "cuda" and variant in CUDA_ONLY:
-        return CUDA_ONLY[variant]
-    if mode == "train" and variant == "int8_dynamic":
-        return "int8 dynamic modules have no backward: inference only"
+    record = REGISTRY.get(variant)  # None: a caller's own variant (perfkit.benchmark)
+    if record is not None and device.type not in record.devices:
+        return record.elsewhere
+    if mode == "train" and record is not None and record.inference_only:
+        return record.inference_only
     if mode == "train" and model is not None and not any(p.requires_grad for p in model.parameters()):
         return "no trainable parameters: an inference-only variant"
     return None

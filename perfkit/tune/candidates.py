@@ -47,7 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prune_channels", "inference", True, False, "fraction of channels pruned, then fine-tuned"),
     Setting("precision", "inference", True, False, "autocast dtype"),
 )
-_BY_KEY = {(s.mode, s.key): s for s in SETTINGS}
+_BY_KEY: dict[tuple[str, str], Setting] = {(s.mode, s.key): s for s in SETTINGS}
 
 
 def setting(mode: str, key: str) -> Setting:
