@@ -31,6 +31,7 @@ from torch import nn
 
 from perfkit.errors import first_line
 from perfkit.measure import speedup, time_interleaved
+from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 from perfkit.system import environment
 
@@ -477,7 +478,7 @@ def _table(rows: list[ServeRow], loaded: bool) -> str:
     ]
     if loaded:
         header += ["under load p50 / p99", "under load throughput"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for r in rows:
         cells = [
             r.name,
@@ -498,5 +499,5 @@ def _table(rows: list[ServeRow], loaded: bool) -> str:
                 else f"{r.loaded_latency_ms_p50:.3f} / {r.loaded_latency_ms_p99:.3f} ms",
                 "-" if r.loaded_throughput_per_s is None else f"{r.loaded_throughput_per_s:,.0f}/s",
             ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return "\n".join(markdown_table(header, table))

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from perfkit.config import task_overrides
 from perfkit.errors import first_line
+from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 
 log = logging.getLogger(__name__)
@@ -209,12 +210,11 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     ]
     if shared:
         lines += ["Every job: " + " ".join(f"`{c}={rows[0].get(c)}`" for c in shared), ""]
-    lines += [
-        "| " + " | ".join(shown) + " |",
-        "|" + "|".join("---:" if _numeric(rows, c) else "---" for c in shown) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in shown) + " |")
+    lines += markdown_table(
+        shown,
+        ([_cell(row.get(c)) for c in shown] for row in rows),
+        right=[i for i, c in enumerate(shown) if _numeric(rows, c)],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -252,7 +252,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return str(value)
 
 
 def _plain(value: Any) -> Any:

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 
 from perfkit.bench.report import BenchmarkReport, Key, Row
+from perfkit.reporting import markdown_table
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,19 @@ def to_markdown(changes: list[Change], max_regression: float) -> str:
     lines = [
         f"Speed-up vs baseline [95% CI]; regression gate: more than {max_regression:g}% slower and beyond the noise.",
         "",
-        "| model | variant | device | mode | batch | base | new | change | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in changes:
-        model, variant, device, mode, batch = c.key
-        change = "" if c.change_pct is None else f"{c.change_pct:+.1f}%"
-        lines.append(
-            f"| {model} | {variant} | {device} | {mode} | {batch} | {_cell(c.base)} | {_cell(c.new)} "
-            f"| {change} | {c.verdict} |"
-        )
-    return "\n".join(lines)
+    rows = (
+        [
+            *c.key,
+            _cell(c.base),
+            _cell(c.new),
+            "" if c.change_pct is None else f"{c.change_pct:+.1f}%",
+            c.verdict,
+        ]
+        for c in changes
+    )
+    header = ["model", "variant", "device", "mode", "batch", "base", "new", "change", "verdict"]
+    return "\n".join([*lines, *markdown_table(header, rows)])
 
 
 def _cell(row: Row | None) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from perfkit.bench.catalog import REGISTRY as VARIANT_CATALOG
 from perfkit.measure import busy_sentence
+from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 
 Key = tuple[str, str, str, str, int]  # model, variant, device, mode, batch size
@@ -204,12 +205,23 @@ class BenchmarkReport:
             ]
         for (device, mode, batch), rows in self.sections():
             lines += [f"## {mode}, {device}, batch {batch}", ""]
-            lines += [
-                "| model | variant | latency ms | samples/s | speed-up | TFLOP/s | % of datasheet peak "
-                "| % of measured matmul rate | peak memory | size | parameters | test acc |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            lines += [_table_row(r) for r in rows]
+            lines += markdown_table(
+                [
+                    "model",
+                    "variant",
+                    "latency ms",
+                    "samples/s",
+                    "speed-up",
+                    "TFLOP/s",
+                    "% of datasheet peak",
+                    "% of measured matmul rate",
+                    "peak memory",
+                    "size",
+                    "parameters",
+                    "test acc",
+                ],
+                (_table_row(r) for r in rows),
+            )
             lines.append("")
         served = self.config.get("serve")
         if served:
@@ -225,9 +237,14 @@ class BenchmarkReport:
                 others.setdefault((r.device, r.status, r.reason or ""), []).append(r)
         everything = _ordered(r.variant for r in self.rows)
         if others:
-            lines += ["## Not measured", "", "| device | status | reason | rows |", "|---|---|---|---|"]
-            for (device, status, reason), rows in others.items():
-                lines.append(f"| {device} | {status} | {reason} | {_describe_rows(rows, everything)} |")
+            lines += ["## Not measured", ""]
+            lines += markdown_table(
+                ["device", "status", "reason", "rows"],
+                (
+                    [device, status, reason, _describe_rows(rows, everything)]
+                    for (device, status, reason), rows in others.items()
+                ),
+            )
             lines.append("")
         rates = self.config.get("matmul_tflops")
         if rates:
@@ -382,7 +399,7 @@ class BenchmarkReport:
         return path
 
 
-def _table_row(r: Row) -> str:
+def _table_row(r: Row) -> list[str]:
     latency = f"{_ms(r.latency_ms_median)} ({_ms(r.latency_ms_p10)}-{_ms(r.latency_ms_p90)})"
     if r.variant == r.baseline:
         speed = "1 (baseline)"
@@ -396,20 +413,28 @@ def _table_row(r: Row) -> str:
     size = "n/a" if r.size_bytes is None else f"{r.size_bytes / 1e6:.2f} MB"
     parameters = "n/a" if r.parameters is None else f"{r.parameters:,}"
     accuracy = "n/a" if r.test_acc is None else f"{r.test_acc:.4f}"
-    return (
-        f"| {r.model} | {r.variant} | {latency} | {r.throughput:,.0f} | {speed} | {_utilization(r)} | {memory} "
-        f"| {size} | {parameters} | {accuracy} |"
-    )
+    return [
+        r.model,
+        r.variant,
+        latency,
+        f"{r.throughput:,.0f}",
+        speed,
+        *_utilization(r),
+        memory,
+        size,
+        parameters,
+        accuracy,
+    ]
 
 
-def _utilization(r: Row) -> str:
+def _utilization(r: Row) -> list[str]:
     """Three cells: achieved TFLOP/s, % of the datasheet's peak in the row's precision, % of this
     machine's measured matmul rate ("n/a" where there is no such reference)."""
     if r.tflops is None:
-        return "n/a | n/a | n/a"
+        return ["n/a", "n/a", "n/a"]
     peak = f"{_fraction(r.mfu)} ({r.precision})" if r.mfu is not None else "no datasheet peak"
     measured = _fraction(r.mfu_measured) if r.mfu_measured is not None else "n/a"
-    return f"{r.tflops:.3g} | {peak} | {measured}"
+    return [f"{r.tflops:.3g}", peak, measured]
 
 
 def _fraction(value: float) -> str:

@@ -15,6 +15,7 @@ from perfkit.network import get_network, network_path
 from perfkit.optim.evaluator import Evaluator, measure_stages
 from perfkit.optim.runs import load_run
 from perfkit.optim.stages import export_stages, save_final, serve_stages, transform_stages
+from perfkit.reporting import markdown_table
 from perfkit.run import RunDirectory, write_json
 from perfkit.schemas import PostTraining
 from perfkit.system import environment
@@ -101,25 +102,37 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     """The comparison as a Markdown table, one row per stage: the module's own metrics first."""
     rows = result["rows"]
     names = list(dict.fromkeys(name for row in rows for name in row["metrics"]))
-    header = (
+    caption = (
         f"{result['module']}{'.' + result['network'] if result['network'] else ''}, {result['device']}, batch {result['batch_size']}, "
         f"{result['threads']} thread(s), {result['rounds']} interleaved rounds; speed-up = median of per-round "
-        f"ratios (p10-p90); scored by {result['score']}\n\n"
-        f"| variant | {' | '.join(names)}{' | ' if names else ''}output drift | latency median (IQR) | speed-up "
-        "| size | size ratio | parameters |\n"
-        f"|---|{'---|' * len(names)}---|---|---|---|---|---|"
+        f"ratios (p10-p90); scored by {result['score']}"
     )
-    lines = [header]
+    header = [
+        "variant",
+        *names,
+        "output drift",
+        "latency median (IQR)",
+        "speed-up",
+        "size",
+        "size ratio",
+        "parameters",
+    ]
+    table = []
     for row in rows:
-        metrics = "".join(f"{row['metrics'][n]:.4f} | " if n in row["metrics"] else "- | " for n in names)
         drift = row["output_drift"]
         shown = f"{drift['max_abs_diff_relative']:.2g}" if "max_abs_diff_relative" in drift else "-"
         if "argmax_agreement" in drift:
             shown += f" ({100 * drift['argmax_agreement']:.1f}% same argmax)"
-        lines.append(
-            f"| {row['variant']} | {metrics}{shown} "
-            f"| {row['latency_ms_median']:.3f} ms ({row['latency_ms_iqr']:.3f}) "
-            f"| {row['speedup']:.2f}x ({row['speedup_p10']:.2f}-{row['speedup_p90']:.2f}) "
-            f"| {row['size_bytes'] / 1e6:.2f} MB | {row['size_ratio']:.2f}x | {row['parameters']:,} |"
+        table.append(
+            [
+                row["variant"],
+                *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in names),
+                shown,
+                f"{row['latency_ms_median']:.3f} ms ({row['latency_ms_iqr']:.3f})",
+                f"{row['speedup']:.2f}x ({row['speedup_p10']:.2f}-{row['speedup_p90']:.2f})",
+                f"{row['size_bytes'] / 1e6:.2f} MB",
+                f"{row['size_ratio']:.2f}x",
+                f"{row['parameters']:,}",
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join([caption, "", *markdown_table(header, table)])

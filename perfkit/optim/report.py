@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.reporting import markdown_table
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -54,7 +56,7 @@ class OptimizationReport:
                 f"{self.sparsity_before:.1%} -> {self.sparsity_after:.1%}",
             ),
         ]
-        lines = [f"**{self.transform}**", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+        lines = [f"**{self.transform}**", "", *markdown_table(["", ""], rows)]
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from perfkit.reporting import markdown_table
+
 _CPU_LABELS = {
     "data": "waiting for data",
     "compute": "compute",
@@ -30,17 +32,16 @@ def breakdown_lines(breakdown: Mapping[str, Any], hint_line: str | None, scope: 
         f"{breakdown['steps']} profiled steps on {breakdown['device']}, "
         f"{breakdown['step_ms']:.2f} ms per step ({scope}).",
         "",
-        "| where the step time went | share |",
-        "|---|---:|",
     ]
     labels = _ACCELERATOR_LABELS if breakdown.get("device_busy") is not None else _CPU_LABELS
-    lines += [f"| {label} | {breakdown[key]:.1%} |" for key, label in labels.items()]
+    shares = [(label, f"{breakdown[key]:.1%}") for key, label in labels.items()]
     if breakdown.get("device_busy") is not None:
-        lines.append(
-            f"| **GPU utilisation** (kernels, copies or memsets running) | {breakdown['device_busy']:.1%} |"
+        shares.append(
+            ("**GPU utilisation** (kernels, copies or memsets running)", f"{breakdown['device_busy']:.1%}")
         )
     if breakdown.get("communication_total"):
-        lines.append(f"| all communication, overlapped or not | {breakdown['communication_total']:.1%} |")
+        shares.append(("all communication, overlapped or not", f"{breakdown['communication_total']:.1%}"))
+    lines += markdown_table(["where the step time went", "share"], shares, right=[1])
     return [
         *lines,
         "",
@@ -64,13 +65,20 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         lines += [
             f"## Top operators by {title} (rank 0, per step)",
             "",
-            "| operator | calls | self CPU ms | CPU total ms | self device ms |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| `{o['name'][:80]}` | {o['calls_per_step']:g} | {o['self_cpu_ms']:.3f} | {o['cpu_total_ms']:.3f} "
-            f"| {o['self_device_ms']:.3f} |"
-            for o in operators
+            *markdown_table(
+                ["operator", "calls", "self CPU ms", "CPU total ms", "self device ms"],
+                (
+                    [
+                        f"`{o['name'][:80]}`",
+                        f"{o['calls_per_step']:g}",
+                        f"{o['self_cpu_ms']:.3f}",
+                        f"{o['cpu_total_ms']:.3f}",
+                        f"{o['self_device_ms']:.3f}",
+                    ]
+                    for o in operators
+                ),
+                right=[1, 2, 3, 4],
+            ),
         ]
         lines.append("")
     lines += [

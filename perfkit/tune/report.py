@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 from perfkit.tune.candidates import train_config_keys
 
@@ -102,10 +103,21 @@ def to_markdown(result: TuneResult) -> str:
         "Settings that change numerics are judged by the time to reach the default's held-out accuracy "
         "(steps to it x measured time per step), not by samples/s.",
         "",
-        "| mode | axis | candidate | decision | speed-up (95% CI) | samples/s | time to accuracy (baseline) "
-        "| monitored metric (baseline) | why |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-        *(_candidate_row(outcome) for outcome in result.outcomes),
+        *markdown_table(
+            [
+                "mode",
+                "axis",
+                "candidate",
+                "decision",
+                "speed-up (95% CI)",
+                "samples/s",
+                "time to accuracy (baseline)",
+                "monitored metric (baseline)",
+                "why",
+            ],
+            (_candidate_row(outcome) for outcome in result.outcomes),
+            right=[4, 5, 6, 7],
+        ),
         "",
         "![speed-ups](tune.png)",
         "",
@@ -164,7 +176,7 @@ def _why_defaults(result: TuneResult, mode: str) -> str:
     return f"no candidate of the {len(measured)} measured was faster beyond the noise{extra}"
 
 
-def _candidate_row(outcome: Outcome) -> str:
+def _candidate_row(outcome: Outcome) -> list[str]:
     c = outcome.candidate
     speed = (
         f"{outcome.speedup:.2f}x ({outcome.ci_low:.2f}-{outcome.ci_high:.2f})"
@@ -182,10 +194,7 @@ def _candidate_row(outcome: Outcome) -> str:
         if outcome.time_to_accuracy_s is not None and outcome.baseline_time_to_accuracy_s is not None
         else ""
     )
-    return (
-        f"| {c.mode} | {c.axis} | {c.name} | {outcome.status} | {speed} | {rate} | {to_accuracy} | "
-        f"{accuracy} | {outcome.reason.replace('|', '/')} |"
-    )
+    return [c.mode, c.axis, c.name, outcome.status, speed, rate, to_accuracy, accuracy, outcome.reason]
 
 
 def plot(result: TuneResult, path: Path) -> Path | None:

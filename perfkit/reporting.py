@@ -1,0 +1,42 @@
+"""What every perfkit report shares: data first (``to_dict``, saved as JSON), then the views
+(``to_markdown``; a plot where one reads better), written together by ``save``; and the one
+Markdown table writer they all use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Report(Protocol):
+    """A result of a perfkit command or function: the bench report, a run's metrics, the tune
+    result, optimize's comparison, the step profile and the serving report all follow it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The data, JSON-ready, environment and settings included."""
+        ...
+
+    def to_markdown(self) -> str:
+        """The report for people."""
+        ...
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write the JSON and its views into ``directory``; returns the files written."""
+        ...
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], *, right: Iterable[int] = ()
+) -> list[str]:
+    """The lines of a GitHub Markdown table; columns whose index is in ``right`` are right-aligned
+    (numbers). A cell's ``|`` is escaped and its line breaks become spaces, so a free-text reason
+    cannot break the table."""
+    aligned = set(right)
+    marks = ("---:" if index in aligned else "---" for index in range(len(header)))
+    return [_line(header), "|" + "|".join(marks) + "|", *(_line(row) for row in rows)]
+
+
+def _line(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(" ".join(str(cell).split()).replace("|", "\\|") for cell in cells) + " |"
