@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perfkit.reporting import markdown_table
+from perfkit.run import write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -92,13 +95,42 @@ class RunMetrics:
     monitor: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # evaluation stages that did not run, and why
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         speed = values.pop("speed")
         for optional in ("profile", "monitor", "skipped"):
             if not values[optional]:
                 del values[optional]
         return {"val": values.pop("val"), "test": values.pop("test"), **speed, **values}
+
+    as_dict = to_dict
+
+    def to_markdown(self) -> str:
+        """The run at a glance: held-out metrics, speed, where and how it trained."""
+        rate = self.speed.get("train_samples_per_s")
+        facts = [
+            *((f"val/{name}", f"{value:.4g}") for name, value in self.val.items()),
+            *((f"test/{name}", f"{value:.4g}") for name, value in self.test.items()),
+            ("evaluated", self.evaluated),
+            ("training samples/s", f"{rate:,.0f}" if rate else "n/a"),
+            ("time to first step", f"{self.speed.get('time_to_first_step_s')} s"),
+            ("epochs, optimizer steps", f"{self.epochs}, {self.optimizer_steps}"),
+            ("device", f"{self.device} x {self.world_size} ({self.strategy}, {self.precision})"),
+            ("parameters", f"{self.parameters:,}"),
+            ("optimizations", ", ".join(sorted(k for k, v in self.optimize.items() if v)) or "none"),
+            ("wall time", f"{self.wall_time_s:.1f} s"),
+        ]
+        skipped = [f"- {stage}: {why}" for stage, why in self.skipped.items()]
+        return (
+            "\n".join(["# Training run", "", *markdown_table(["", ""], facts), "", *skipped]).rstrip() + "\n"
+        )
+
+    def save(self, directory: Path) -> list[Path]:
+        """``metrics.json`` and ``metrics.md`` in ``directory``."""
+        written = [Path(directory) / "metrics.json", Path(directory) / "metrics.md"]
+        write_json(written[0], self.to_dict())
+        written[1].write_text(self.to_markdown())
+        return written
 
 
 def setup_description(trainer: Any, model: Any, datamodule: Any, seed: int) -> dict[str, Any]:

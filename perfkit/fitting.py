@@ -61,7 +61,7 @@ def _train(
 
     from perfkit.checkpoint import check_fits, check_resume_matches, read_checkpoint
     from perfkit.distributed import HEARTBEATS
-    from perfkit.run import resume_checkpoint, write_json
+    from perfkit.run import resume_checkpoint
     from perfkit.tracking import check_loggers, finish_training_runs
 
     check_loggers(cfg.get("logger"))
@@ -90,7 +90,7 @@ def _train(
     result = evaluate(trainer, model, datamodule, final_weights=bool(pruned))
 
     epochs, optimizer_steps = speed.progress or (trainer.current_epoch, trainer.global_step)
-    metrics = RunMetrics(
+    record = RunMetrics(
         val=result.val,
         test=result.test,
         speed=speed.summary(trainer.world_size),
@@ -105,12 +105,13 @@ def _train(
         profile=profile_summary(run_dir) if trainer.is_global_zero else None,
         monitor=monitor_summary(trainer),
         skipped=result.skipped,
-    ).as_dict()
+    )
+    metrics = record.to_dict()
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
+        record.save(run_dir)
         shutil.rmtree(run_dir / HEARTBEATS, ignore_errors=True)  # every rank is done: no race left
         log.info("run directory: %s", run_dir)
-    reports = ("metrics.json", "config.yaml", "profile.json", "profile.md")
+    reports = ("metrics.json", "metrics.md", "config.yaml", "profile.json", "profile.md")
     finish_training_runs(trainer, run_dir, [run_dir / name for name in reports])
     return metrics
 

@@ -11,9 +11,8 @@ import torch
 from perfkit.models import MLP, ImageClassifier, SmallCNN
 from perfkit.schemas import Tune as TuneSettings
 from perfkit.tune.candidates import SETTINGS, Candidate, propose, train_config_keys
-from perfkit.tune.report import tuned_overlay
+from perfkit.tune.report import TuneResult, tuned_overlay
 from perfkit.tune.selection import Outcome
-from perfkit.tune.tuner import TuneResult
 
 
 def test_what_a_candidate_changes_follows_from_its_keys() -> None:

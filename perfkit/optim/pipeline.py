@@ -4,6 +4,7 @@ with the module's own steps, timed, sized, exported and compared; comparison.jso
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,9 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "environment": environment(),
     }
-    write_json(output_dir / "comparison.json", result)
-    table = comparison_markdown(result)
-    (output_dir / "comparison.md").write_text(table + "\n")
-    print(table)
+    comparison = Comparison(result)
+    comparison.save(output_dir)
+    print(comparison.to_markdown())
     log.info("optimized model and comparison in %s", output_dir)
     return result
 
@@ -96,6 +96,26 @@ def check_options(cfg: DictConfig) -> Any:
     if options.serve.enabled and device.type != "cpu":
         raise ConfigError("serve.enabled=true measures serving on the CPU; use device=cpu")
     return device
+
+
+@dataclass
+class Comparison:
+    """``perfkit.optimize``'s result: one row per stage, the exports, serving, the environment."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def to_markdown(self) -> str:
+        return comparison_markdown(self.data)
+
+    def save(self, directory: Path) -> list[Path]:
+        """``comparison.json`` and ``comparison.md`` in ``directory``."""
+        written = [Path(directory) / "comparison.json", Path(directory) / "comparison.md"]
+        write_json(written[0], self.data)
+        written[1].write_text(self.to_markdown() + "\n")
+        return written
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:

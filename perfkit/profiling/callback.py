@@ -12,9 +12,8 @@ import lightning as L
 import torch
 
 from perfkit.profiling.breakdown import _STEP, VALIDATION_LABEL, Span, StepBreakdown, hint, step_breakdown
-from perfkit.profiling.report import to_markdown
+from perfkit.profiling.report import ProfileReport
 from perfkit.profiling.trace import OperatorTime, spans_of, top_operators
-from perfkit.run import write_json
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +237,7 @@ class TorchProfiler(L.Callback):
         }
         report_dir = self.report_dir or Path(trainer.default_root_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
-        write_json(report_dir / "profile.json", result)
-        (report_dir / "profile.md").write_text(to_markdown(result))
+        ProfileReport(result).save(report_dir)
         return result
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from perfkit.errors import noting_ctrl_c
 from perfkit.tune.candidates import Candidate
-from perfkit.tune.report import write_outputs
+from perfkit.tune.report import TuneResult, write_outputs
 from perfkit.tune.selection import (
     Budget,
     Outcome,
@@ -28,7 +28,7 @@ from perfkit.tune.selection import (
     pick,
     run_within_budget,
 )
-from perfkit.tune.tuner import Tuner, TuneResult, TuneSettings
+from perfkit.tune.tuner import Tuner, TuneSettings
 
 __all__ = [
     "Budget",

@@ -3,19 +3,44 @@ Hydra overlay ``configs/experiment/tuned.yaml`` that trains with the chosen sett
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 from perfkit.tune.candidates import train_config_keys
-
-if TYPE_CHECKING:
-    from perfkit.tune.selection import Outcome
-    from perfkit.tune.tuner import TuneResult
+from perfkit.tune.selection import Outcome
 
 # training keys that are perfkit.train config keys (inference choices are advice for serving)
 _TRAIN_KEYS = train_config_keys()
+
+
+@dataclass
+class TuneResult:
+    """Every candidate's outcome, the chosen settings, and the tuned-vs-default comparison."""
+
+    outcomes: list[Outcome]
+    chosen: dict[str, dict[str, Any]]  # mode -> config keys
+    final: dict[str, Outcome]  # mode -> tuned vs default, measured side by side
+    elapsed_s: float
+    budget_s: float
+    device: str
+    environment: dict[str, Any] = field(default_factory=dict)
+    max_accuracy_drop: float = 0.5  # points: what every recommendation was held to
+    # the chosen training settings checked over a full perfkit.train run (the CLI does this)
+    verification: dict[str, Any] | None = None
+    interrupted: bool = False  # Ctrl-C: the choice rests on the candidates measured before it
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_data(self)
+
+    def to_markdown(self) -> str:
+        return to_markdown(self)
+
+    def save(self, directory: Path) -> list[Path]:
+        """``tune.json``, ``tune.md``, ``tune.png`` and the training overlay in ``directory``."""
+        return write_outputs(self, Path(directory))
 
 
 def to_data(result: TuneResult) -> dict[str, Any]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from perfkit.schemas import Tune as TuneSettings
 from perfkit.system import environment
 from perfkit.tune.candidates import Candidate, changes_numerics, larger_batch, propose
 from perfkit.tune.inference import InferenceMeasurement
+from perfkit.tune.report import TuneResult
 from perfkit.tune.selection import (
     ACCEPTED,
     FAILED,
@@ -33,23 +33,6 @@ from perfkit.tune.workbench import Workbench
 __all__ = ["TuneResult", "TuneSettings", "Tuner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TuneResult:
-    """Every candidate's outcome, the chosen settings, and the tuned-vs-default comparison."""
-
-    outcomes: list[Outcome]
-    chosen: dict[str, dict[str, Any]]  # mode -> config keys
-    final: dict[str, Outcome]  # mode -> tuned vs default, measured side by side
-    elapsed_s: float
-    budget_s: float
-    device: str
-    environment: dict[str, Any] = field(default_factory=dict)
-    max_accuracy_drop: float = 0.5  # points: what every recommendation was held to
-    # the chosen training settings checked over a full perfkit.train run (the CLI does this)
-    verification: dict[str, Any] | None = None
-    interrupted: bool = False  # Ctrl-C: the choice rests on the candidates measured before it
 
 
 class Tuner:
