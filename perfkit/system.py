@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from perfkit.errors import ConfigError
+
 
 def cache_dir() -> Path:
     """``$PERFKIT_CACHE_DIR``, default ``$XDG_CACHE_HOME/perfkit`` or ``~/.cache/perfkit``."""
@@ -73,3 +75,27 @@ def cpu_description() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu_model": model, "cpu_simd": [flag for flag in _SIMD_FLAGS if flag in flags]}
+
+
+NO_CUDA = "CUDA is not available on this machine"
+
+
+def missing_device(device: Any) -> str | None:
+    """Why ``device`` (a ``torch.device``) cannot run here, or None: the one check every command uses."""
+    import torch  # here, not at import: the CLI reads this module before it needs torch
+
+    return NO_CUDA if device.type == "cuda" and not torch.cuda.is_available() else None
+
+
+def resolve_device(name: str, key: str, *, instead: str = "") -> Any:
+    """``name`` (``auto``: CUDA when present) as a ``torch.device``; a CUDA one on a machine without
+    CUDA is a ConfigError naming ``key`` and what to use instead."""
+    import torch  # as above
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    problem = missing_device(device)
+    if problem:
+        raise ConfigError(f"{key}={name}: {problem}; use {instead or key + '=cpu'}")
+    return device

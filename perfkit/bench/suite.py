@@ -31,6 +31,7 @@ from perfkit.measure import load_snapshot, machine_load
 from perfkit.optim import prune
 from perfkit.schemas import Bench as BenchConfig
 from perfkit.schemas import is_device
+from perfkit.system import NO_CUDA, missing_device
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
 
         check_online_wandb(bool(tracking.get("offline", True)), "wandb.offline")
     if not torch.cuda.is_available() and all(d.startswith("cuda") for d in spec.devices):
-        log.warning("CUDA is not available on this machine: every row will be skipped, so nothing is trained")
+        log.warning("%s: every row will be skipped, so nothing is trained", NO_CUDA)
         spec = dataclasses.replace(spec, train_epochs=0)
     output_dir = Path(cfg.paths.output_dir)
     RunDirectory(output_dir, precious=("report.json",))
@@ -185,8 +186,8 @@ def _serve(
     for name in spec.devices:
         device = torch.device(name)
         key = prepared.name if device.type == "cpu" else f"{prepared.name} ({device.type})"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            report.config.setdefault("serve", {})[key] = "not measured: CUDA is not available on this machine"
+        if missing_device(device):
+            report.config.setdefault("serve", {})[key] = f"not measured: {missing_device(device)}"
             continue
         built = build_variants(prepared, device, spec)
         served, directory = serve_model(prepared, spec, built, output_dir, bar.set_postfix_str, device)
@@ -296,12 +297,9 @@ def build_variants(
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     variants: dict[str, nn.Module] = {}
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return (
-            dict.fromkeys(spec.variants, prepared.net),
-            dict.fromkeys(spec.variants, "CUDA is not available on this machine"),
-            {},
-        )
+    missing = missing_device(device)
+    if missing:
+        return dict.fromkeys(spec.variants, prepared.net), dict.fromkeys(spec.variants, missing), {}
     net = copy.deepcopy(prepared.net).to(device).eval()
     built: dict[str, nn.Module] = {}
     if prepared.channels is not None:

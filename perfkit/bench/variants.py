@@ -18,6 +18,7 @@ from torch import nn
 from perfkit.bench.catalog import CATALOG, REGISTRY, preset
 from perfkit.optim import compile, prune, quantize
 from perfkit.schemas import BenchMode, BenchModel, choices
+from perfkit.system import missing_device
 
 MODELS = choices(BenchModel)
 MODES = choices(BenchMode)
@@ -198,8 +199,8 @@ def check_choices(kind: str, names: list[str], allowed: tuple[str, ...] | list[s
 
 def skip_reason(variant: str, device: torch.device, mode: str, model: nn.Module | None = None) -> str | None:
     """Why ``variant`` cannot be measured on ``device`` in ``mode``, or None when it can."""
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available on this machine"
+    if missing_device(device):
+        return missing_device(device)
     record = REGISTRY.get(variant)  # None: a caller's own variant (perfkit.benchmark)
     if record is not None and device.type not in record.devices:
         return record.elsewhere

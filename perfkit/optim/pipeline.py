@@ -19,7 +19,7 @@ from perfkit.optim.stages import export_stages, save_final, serve_stages, transf
 from perfkit.reporting import markdown_table
 from perfkit.run import RunDirectory, write_json
 from perfkit.schemas import PostTraining
-from perfkit.system import environment
+from perfkit.system import environment, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,9 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
 
 def check_options(cfg: DictConfig) -> Any:
     """The measuring device, once the options are known to be valid together."""
-    import torch
 
     options = typed_root(cfg, PostTraining)
-    device = torch.device(options.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda is not available on this machine; use device=cpu")
+    device = resolve_device(options.device, "device")
     if options.quantize and device.type != "cpu":
         raise ConfigError(f"quantize={options.quantize} runs on the CPU only; use device=cpu")
     if options.serve.enabled and device.type != "cpu":

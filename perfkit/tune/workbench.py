@@ -14,6 +14,7 @@ import torch
 from perfkit.monitoring import missing_stage
 from perfkit.optim.training import TrainingOptimizations
 from perfkit.schemas import Tune as TuneSettings
+from perfkit.system import resolve_device
 from perfkit.tune import runs
 
 
@@ -131,12 +132,7 @@ def optimizations(keys: dict[str, Any]) -> TrainingOptimizations:
 
 
 def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"tune.device={name!r} but CUDA is not available on this machine; use cpu or auto")
-    return device
+    return resolve_device(name, "tune.device", instead="tune.device=cpu or auto")
 
 
 def take(loader: Any, count: int) -> list[Any]:
