@@ -301,7 +301,7 @@ def run_job(
 
 
 def _first_line(error: BaseException) -> str:
-    from perfkit.bench.core import first_line
+    from perfkit.errors import first_line
 
     return f"{type(error).__name__}: {first_line(error)}"
 

@@ -122,9 +122,9 @@ def test_when_no_candidate_runs_each_says_why() -> None:
 
 
 def test_a_cold_start_that_hangs_is_stopped_and_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from perfkit import serving
+    from perfkit.serving import cold_start
 
-    monkeypatch.setattr(serving, "COLD_START_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(cold_start, "COLD_START_TIMEOUT_S", 0.01)
     model = TinyMLP().eval()
     report = serve_benchmark([Candidate("eager", model)], (model.example_inputs(),), **QUICK)
     (row,) = report.rows

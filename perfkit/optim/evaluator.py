@@ -218,6 +218,6 @@ def described(network: Any, name: str) -> Any:
 
 def _artifact(network: Any) -> Any:
     """The loaded artifact a stage's network is or calls, else None."""
-    from perfkit.optim.exporting import LoadedArtifact
+    from perfkit.optim.artifacts import LoadedArtifact
 
     return network if isinstance(network, LoadedArtifact) else getattr(network, "perfkit_artifact", None)
