@@ -40,3 +40,13 @@ def markdown_table(
 
 def _line(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(" ".join(str(cell).split()).replace("|", "\\|") for cell in cells) + " |"
+
+
+def pyplot() -> Any:
+    """matplotlib drawing off-screen (servers and CI have no display)."""
+    import matplotlib  # only when a plot is drawn: it is slow to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

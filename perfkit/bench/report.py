@@ -4,81 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from perfkit.bench.catalog import REGISTRY as VARIANT_CATALOG
+from perfkit.bench.plots import plot_report
+from perfkit.bench.rows import Key, Row, check_row_types, ordered
 from perfkit.measure import busy_sentence
 from perfkit.reporting import markdown_table
 from perfkit.run import write_json
-
-Key = tuple[str, str, str, str, int]  # model, variant, device, mode, batch size
-
-
-@dataclass
-class Row:
-    """One variant of one model, timed on one device, in one mode, at one batch size."""
-
-    model: str
-    variant: str
-    device: str
-    mode: str  # inference: a forward pass; train: forward, backward and an SGD step
-    batch_size: int
-    status: str = "ok"  # ok, skipped (reason says why) or failed (reason is the error)
-    reason: str | None = None
-    rounds: int = 0
-    latency_ms_median: float | None = None
-    latency_ms_p10: float | None = None
-    latency_ms_p90: float | None = None
-    latency_ms_iqr: float | None = None
-    dispersion: float | None = None  # IQR / median of the latency samples
-    noisy: bool = False  # dispersion above 0.1 even after re-measuring with more rounds: no verdict
-    throughput: float | None = None  # samples per second at the median latency
-    peak_memory_bytes: int | None = None  # above what was allocated before the call
-    size_bytes: int | None = None  # torch.save(state_dict())
-    parameters: int | None = None
-    test_acc: float | None = None
-    baseline: str | None = None
-    speedup: float | None = None  # baseline latency / this latency, median of per-round ratios
-    speedup_ci_low: float | None = None  # 95% confidence interval of that median
-    speedup_ci_high: float | None = None
-    speedup_p10: float | None = None
-    speedup_p90: float | None = None
-    precision: str | None = None  # what most of the step's FLOPs run in: bf16, tf32, fp32
-    tflops: float | None = None  # model FLOPs per step / median latency
-    # the step's FLOPs at the datasheet's dense peak of the precision each runs in (known GPUs), over
-    # the median latency
-    mfu: float | None = None
-    mfu_measured: float | None = None  # the same against this machine's measured large-matmul rates
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def key(self) -> Key:
-        return (self.model, self.variant, self.device, self.mode, self.batch_size)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-_NUMBER_FIELDS = {f.name for f in fields(Row) if f.type in ("int", "float | None", "int | None")}
-_TEXT_FIELDS = {f.name for f in fields(Row) if f.type in ("str", "str | None")}
-
-
-def _check_row_types(index: int, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        if value is None and name not in ("model", "variant", "device", "mode", "batch_size", "status"):
-            continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if name in _NUMBER_FIELDS and number and not math.isfinite(value):
-            raise TypeError(f"rows[{index}].{name}={value!r} is not finite")
-        if (name in _NUMBER_FIELDS and not number) or (name in _TEXT_FIELDS and not isinstance(value, str)):
-            kind = "a number" if name in _NUMBER_FIELDS else "text"
-            raise TypeError(f"rows[{index}].{name}={value!r} is not {kind}")
-        if name == "notes" and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
-            raise TypeError(f"rows[{index}].notes={value!r} is not a list of text")
 
 
 @dataclass
@@ -140,7 +76,7 @@ class BenchmarkReport:
             if not isinstance(row, dict):
                 raise TypeError(f"rows[{index}] is {type(row).__name__}, not an object")
             values = {k: v for k, v in row.items() if k in names}
-            _check_row_types(index, values)
+            check_row_types(index, values)
             rows.append(Row(**values))
         seen: dict[Key, int] = {}
         for index, parsed in enumerate(rows):
@@ -235,7 +171,7 @@ class BenchmarkReport:
         for r in self.rows:
             if not r.ok:
                 others.setdefault((r.device, r.status, r.reason or ""), []).append(r)
-        everything = _ordered(r.variant for r in self.rows)
+        everything = ordered(r.variant for r in self.rows)
         if others:
             lines += ["## Not measured", ""]
             lines += markdown_table(
@@ -259,7 +195,7 @@ class BenchmarkReport:
                 "precision shown is that of most of its FLOPs.",
                 "",
             ]
-        present = [v for v in _ordered(r.variant for r in self.rows) if v in VARIANT_CATALOG]
+        present = [v for v in ordered(r.variant for r in self.rows) if v in VARIANT_CATALOG]
         if present:
             lines += ["## Variants", "", *(f"- `{v}`: {VARIANT_CATALOG[v].description}" for v in present), ""]
         notes = sorted({f"{r.model}/{r.variant}: {n}" for r in self.rows for n in r.notes})
@@ -291,112 +227,9 @@ class BenchmarkReport:
     def __str__(self) -> str:
         return self.to_markdown()
 
-    # --- plots --------------------------------------------------------------------------------
-
     def plot(self, directory: str | Path) -> list[Path]:
         """latency.png, accuracy_vs_latency.png and size_vs_latency.png (those with data to show)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        if any(True for _ in self.sections()):
-            written.append(self._plot_latency(directory / "latency.png"))
-        for name, column, label in (
-            ("accuracy_vs_latency.png", "test_acc", "test accuracy"),
-            ("size_vs_latency.png", "size_bytes", "serialized size (MB)"),
-        ):
-            path = self._plot_against_latency(directory / name, column, label)
-            if path is not None:
-                written.append(path)
-        return written
-
-    def _plot_latency(self, path: Path) -> Path:
-        plt = _pyplot()
-        sections = list(self.sections())
-        variants = _ordered(r.variant for _, rows in sections for r in rows)
-        colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
-        figure, axes_list = plt.subplots(
-            len(sections), 1, figsize=(8, 0.5 + 2.2 * len(sections)), squeeze=False
-        )
-        for axes, ((device, mode, batch), rows) in zip(axes_list[:, 0], sections, strict=True):
-            models = _ordered(r.model for r in rows)
-            height = 0.8 / len(variants)
-            for index, variant in enumerate(variants):
-                found = [(models.index(r.model), r) for r in rows if r.variant == variant]
-                if not found:
-                    continue
-                positions = [m + (index - len(variants) / 2 + 0.5) * height for m, _ in found]
-                medians = [r.latency_ms_median or 0.0 for _, r in found]
-                spread = [
-                    [(r.latency_ms_median or 0) - (r.latency_ms_p10 or 0) for _, r in found],
-                    [(r.latency_ms_p90 or 0) - (r.latency_ms_median or 0) for _, r in found],
-                ]
-                axes.barh(
-                    positions, medians, height, xerr=spread, color=colors[variant], label=variant, capsize=2
-                )
-            axes.set_yticks(range(len(models)), models)
-            axes.invert_yaxis()
-            _log_axis(axes, "x")
-            axes.set_title(f"{mode}, {device}, batch {batch}", fontsize=10)
-            axes.grid(True, axis="x", alpha=0.3)
-        axes_list[-1, 0].set_xlabel("latency per call, ms (median, whiskers p10-p90; log scale)")
-        handles, labels = axes_list[0, 0].get_legend_handles_labels()
-        figure.legend(
-            handles,
-            labels,
-            loc="upper center",
-            ncol=min(4, len(labels)),
-            fontsize=8,
-            bbox_to_anchor=(0.5, 1.0),
-        )
-        figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (0.5 + 2.2 * len(sections))))
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
-
-    def _plot_against_latency(self, path: Path, column: str, label: str) -> Path | None:
-        rows = [r for r in self.rows if r.ok and r.mode == "inference" and getattr(r, column) is not None]
-        if not rows:
-            return None
-        # one panel per device, at its largest measured batch size
-        panels: dict[str, int] = {}
-        for r in rows:
-            panels[r.device] = max(panels.get(r.device, 0), r.batch_size)
-        plt = _pyplot()
-        variants = _ordered(r.variant for r in rows)
-        models = _ordered(r.model for r in rows)
-        markers = "os^Dv<>p"
-        figure, axes_list = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-        for axes, (device, batch) in zip(axes_list[0], panels.items(), strict=True):
-            for r in rows:
-                if (r.device, r.batch_size) != (device, batch):
-                    continue
-                value = getattr(r, column) / (1e6 if column == "size_bytes" else 1)
-                axes.scatter(
-                    r.latency_ms_median,
-                    value,
-                    color=plt.cm.tab10(variants.index(r.variant) % 10),
-                    marker=markers[models.index(r.model) % len(markers)],
-                    s=50,
-                )
-            _log_axis(axes, "x")
-            if column == "size_bytes":
-                _log_axis(axes, "y")
-            axes.set_xlabel(f"inference latency, ms (batch {batch}, log scale)")
-            axes.set_ylabel(label)
-            axes.set_title(device, fontsize=10)
-            axes.grid(True, alpha=0.3)
-        handles = [
-            plt.Line2D([], [], color=plt.cm.tab10(i % 10), marker="o", linestyle="", label=v)
-            for i, v in enumerate(variants)
-        ] + [
-            plt.Line2D([], [], color="gray", marker=markers[i % len(markers)], linestyle="", label=m)
-            for i, m in enumerate(models)
-        ]
-        axes_list[0, -1].legend(handles=handles, fontsize=8, loc="best")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
+        return plot_report(self.rows, list(self.sections()), Path(directory))
 
 
 def _table_row(r: Row) -> list[str]:
@@ -446,12 +279,12 @@ def _fraction(value: float) -> str:
 def _describe_rows(rows: list[Row], all_variants: list[str]) -> str:
     """'cnn: eager, compile (inference, train; batch 64)' per model."""
     parts = []
-    for model in _ordered(r.model for r in rows):
+    for model in ordered(r.model for r in rows):
         mine = [r for r in rows if r.model == model]
-        names = _ordered(r.variant for r in mine)
+        names = ordered(r.variant for r in mine)
         variants = "all variants" if len(all_variants) > 1 and names == all_variants else ", ".join(names)
-        modes = ", ".join(_ordered(r.mode for r in mine))
-        batches = ", ".join(_ordered(str(r.batch_size) for r in mine))
+        modes = ", ".join(ordered(r.mode for r in mine))
+        batches = ", ".join(ordered(str(r.batch_size) for r in mine))
         parts.append(f"{model}: {variants} ({modes}; batch {batches})")
     return "; ".join(parts)
 
@@ -472,10 +305,6 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
-def _ordered(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
 def machine_line(env: dict[str, Any]) -> str:
     """One sentence naming the machine and versions a result was measured with."""
     gpu = f", GPU: {env['gpu']}" if env.get("gpu") else ", no GPU"
@@ -483,24 +312,3 @@ def machine_line(env: dict[str, Any]) -> str:
         f"Machine: {env.get('cpu_model')}, {env.get('cpu_count')} cores{gpu}; {env.get('platform')}; "
         f"torch {env.get('torch')}, lightning {env.get('lightning')}; Python {env.get('python')}."
     )
-
-
-def _log_axis(axes: Any, which: str) -> None:
-    """Log scale labelled with plain numbers (0.5, 2, 10), not powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    getattr(axes, f"set_{which}scale")("log")
-    axis = getattr(axes, f"{which}axis")
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
-
-
-def _pyplot() -> Any:
-    """matplotlib drawing off-screen (servers and CI have no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfkit.reporting import markdown_table
+from perfkit.reporting import markdown_table, pyplot
 from perfkit.run import write_json
 
 
@@ -101,9 +101,8 @@ class ServeReport:
         points = [r for r in self.rows if r.latency_ms_p50 is not None]
         if not points:
             return None
-        from perfkit.bench.report import _pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.1, 1]})
         with_accuracy = all(r.accuracy is not None for r in points)
         colors = plt.get_cmap("tab20")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfkit.reporting import markdown_table
+from perfkit.reporting import markdown_table, pyplot
 from perfkit.run import write_json
 from perfkit.tune.candidates import train_config_keys
 from perfkit.tune.selection import Outcome
@@ -227,10 +227,7 @@ def plot(result: TuneResult, path: Path) -> Path | None:
     measured = [o for o in result.outcomes if o.speedup is not None and o.ci_low is not None]
     if not measured:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = {"accepted": "tab:green", "rejected": "tab:red"}
     figure, axes = plt.subplots(figsize=(7, 0.4 * len(measured) + 1.5))
