@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from perfkit.bench.core import step_function
+from perfkit.bench.steps import step_function
 from perfkit.bench.variants import MODELS, VARIANTS, Settings, build, network, skip_reason
 from perfkit.measure import peak_memory_bytes
 from perfkit.optim.report import count_parameters, serialized_size

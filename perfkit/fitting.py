@@ -22,6 +22,7 @@ from perfkit.evaluation import (
     relative_to,
     setup_description,
 )
+from perfkit.run import RunDirectory, is_launching_process, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info(line)
     check_config(cfg)
     from perfkit import distributed
-    from perfkit.run import RunDirectory, is_launching_process
 
     avoid_duplicate_log_lines()
     distributed.check_shared_run_dir()
@@ -61,7 +61,6 @@ def _train(
 
     from perfkit.checkpoint import check_fits, check_resume_matches, read_checkpoint
     from perfkit.distributed import HEARTBEATS
-    from perfkit.run import resume_checkpoint
     from perfkit.tracking import check_loggers, finish_training_runs
 
     check_loggers(cfg.get("logger"))

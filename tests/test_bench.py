@@ -465,9 +465,10 @@ def test_peak_table(name: str, precision: str, peak: float | None) -> None:
 
 def test_mfu_is_flops_over_time_over_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     import perfkit.bench.core as core
+    import perfkit.bench.mfu as mfu
     from perfkit.bench.utilization import step_flops
 
-    monkeypatch.setattr(core, "_MATMUL_RATES", {("cpu", "fp32"): 2.0, ("cpu", "bf16"): 4.0})
+    monkeypatch.setattr(mfu, "_MATMUL_RATES", {("cpu", "fp32"): 2.0, ("cpu", "bf16"): 4.0})
     net, x = nn.Linear(64, 64), torch.randn(32, 64)
     rows = core.measure_variants(
         {"eager": net, "bf16": perfkit.bench.variants.Autocast(net)},

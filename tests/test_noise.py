@@ -16,7 +16,7 @@ from torch import nn
 import perfkit
 from perfkit.bench import BenchmarkReport, Row
 from perfkit.bench import compare as gate
-from perfkit.bench.core import _valid_fraction
+from perfkit.bench.mfu import _valid_fraction
 from perfkit.measure import busy_sentence, load_snapshot, machine_load
 
 

@@ -16,6 +16,21 @@ from perfkit.measure import busy_sentence
 from perfkit.reporting import markdown_table
 from perfkit.run import write_json
 
+_COLUMNS = [
+    "model",
+    "variant",
+    "latency ms",
+    "samples/s",
+    "speed-up",
+    "TFLOP/s",
+    "% of datasheet peak",
+    "% of measured matmul rate",
+    "peak memory",
+    "size",
+    "parameters",
+    "test acc",
+]
+
 
 @dataclass
 class BenchmarkReport:
@@ -141,24 +156,7 @@ class BenchmarkReport:
             ]
         for (device, mode, batch), rows in self.sections():
             lines += [f"## {mode}, {device}, batch {batch}", ""]
-            lines += markdown_table(
-                [
-                    "model",
-                    "variant",
-                    "latency ms",
-                    "samples/s",
-                    "speed-up",
-                    "TFLOP/s",
-                    "% of datasheet peak",
-                    "% of measured matmul rate",
-                    "peak memory",
-                    "size",
-                    "parameters",
-                    "test acc",
-                ],
-                (_table_row(r) for r in rows),
-            )
-            lines.append("")
+            lines += [*markdown_table(_COLUMNS, (_table_row(r) for r in rows)), ""]
         served = self.config.get("serve")
         if served:
             links = ", ".join(
@@ -166,22 +164,7 @@ class BenchmarkReport:
                 for model, path in served.items()
             )
             lines += [f"Serving candidates (bench.modes=[serve], CPU): {links}.", ""]
-        # rows not measured for the same reason share a line (a missing GPU skips a whole device)
-        others: dict[tuple[str, str, str], list[Row]] = {}
-        for r in self.rows:
-            if not r.ok:
-                others.setdefault((r.device, r.status, r.reason or ""), []).append(r)
-        everything = ordered(r.variant for r in self.rows)
-        if others:
-            lines += ["## Not measured", ""]
-            lines += markdown_table(
-                ["device", "status", "reason", "rows"],
-                (
-                    [device, status, reason, _describe_rows(rows, everything)]
-                    for (device, status, reason), rows in others.items()
-                ),
-            )
-            lines.append("")
+        lines += self._not_measured()
         rates = self.config.get("matmul_tflops")
         if rates:
             lines += [
@@ -202,6 +185,18 @@ class BenchmarkReport:
         if notes:
             lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
         return "\n".join(lines).rstrip()
+
+    def _not_measured(self) -> list[str]:
+        """Rows not measured for the same reason share a line (a missing GPU skips a whole device)."""
+        others: dict[tuple[str, str, str], list[Row]] = {}
+        for r in self.rows:
+            if not r.ok:
+                others.setdefault((r.device, r.status, r.reason or ""), []).append(r)
+        if not others:
+            return []
+        everything = ordered(r.variant for r in self.rows)
+        rows = ([d, s, why, _describe_rows(found, everything)] for (d, s, why), found in others.items())
+        return ["## Not measured", "", *markdown_table(["device", "status", "reason", "rows"], rows), ""]
 
     def _caveats(self) -> list[str]:
         """The machine, and what a reader must know before trusting a figure: an incomplete run, a
