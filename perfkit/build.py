@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit import distributed
+from perfkit.checkpoint import checkpoint_io
 from perfkit.config import instantiate_all
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def build_trainer(
     import lightning as L
     from hydra.utils import instantiate
 
-    from perfkit import distributed
+    # here, not at the top: perfkit.train imports this module, and `--help` answers before Lightning loads
     from perfkit.callbacks import (
         DivergenceCheck,
         Heartbeat,
@@ -43,7 +45,6 @@ def build_trainer(
         TrainingSpeed,
         add_progress_bar,
     )
-    from perfkit.checkpoint import checkpoint_io
     from perfkit.data.checks import FirstBatchCheck
     from perfkit.monitoring import TrainingMonitor, missing_stage
     from perfkit.optim.training import TrainingOptimizations

@@ -12,7 +12,15 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from perfkit.distributed import received_from_workers, send_to_main_process
+from perfkit.checkpoint import RandomState
+from perfkit.distributed import (
+    received_from_workers,
+    remember_heartbeats,
+    remove_heartbeat,
+    send_to_main_process,
+    write_heartbeat,
+)
+from perfkit.errors import Interrupted
 
 
 class TrainingSpeed(L.Callback):
@@ -129,12 +137,10 @@ class RandomStates(L.Callback):
     shuffles as the run it continues."""
 
     def state_dict(self) -> dict[str, Any]:
-        from perfkit.checkpoint import RandomState
 
         return {"rng": RandomState.capture()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        from perfkit.checkpoint import RandomState
 
         if "rng" in state_dict:
             RandomState.restore(state_dict["rng"])
@@ -150,7 +156,6 @@ class Heartbeat(L.Callback):
         self.last = 0.0
 
     def _beat(self, trainer: L.Trainer, force: bool = False) -> None:
-        from perfkit.distributed import write_heartbeat
 
         now = time.monotonic()
         if trainer.world_size > 1 and (force or now - self.last >= 1.0):
@@ -158,7 +163,6 @@ class Heartbeat(L.Callback):
             write_heartbeat(self.directory, trainer.global_rank, trainer.global_step)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from perfkit.distributed import remember_heartbeats
 
         remember_heartbeats(self.directory)
         self._beat(trainer, force=True)
@@ -170,7 +174,6 @@ class Heartbeat(L.Callback):
         self._beat(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from perfkit.distributed import remove_heartbeat
 
         if trainer.world_size > 1 and trainer.state.status.value == "finished":
             remove_heartbeat(self.directory, trainer.global_rank)
@@ -182,7 +185,6 @@ class InterruptWatch(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        from perfkit.errors import Interrupted
 
         if isinstance(exception, KeyboardInterrupt):
             Interrupted.seen = True

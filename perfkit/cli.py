@@ -29,7 +29,19 @@ import hydra
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError, check_output_dir_overrides, config_dir, error_line
-from perfkit.errors import noting_ctrl_c, storage_fault, user_frame, worker_fault
+from perfkit.distributed import (
+    WorkerError,
+    dead_ranks,
+    end_stuck_children,
+    rank_description,
+    spawned_worker_error,
+    stuck_rank,
+    timed_out,
+)
+from perfkit.errors import Interrupted, noting_ctrl_c, storage_fault, user_frame, worker_fault
+from perfkit.run import RANK_VARIABLES, is_launching_process, stray_rank_variables
+from perfkit.sweep import in_sweep, record_failure
+from perfkit.system import process_start_time
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,6 @@ def command(
         return run_task(cfg, program, task, user_errors=user_errors)
 
     def main() -> None:
-        from perfkit.system import process_start_time
 
         _command_started[:] = [process_start_time()]
         check_output_dir_overrides(program)
@@ -60,7 +71,6 @@ def command(
 def _drop_stray_ranks(program: str) -> None:
     """A ``RANK=1`` left in the environment, with no launcher around, would make Lightning (which reads
     it when imported) log as rank 1 and perfkit believe it is a DDP child: say so, and drop it."""
-    from perfkit.run import RANK_VARIABLES, stray_rank_variables
 
     stray = stray_rank_variables()
     if stray:
@@ -102,9 +112,8 @@ def run_task(
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    # here, not at the top: every command's `--help` answers before torch and Lightning load
     from perfkit.callbacks import DivergedError
-    from perfkit.run import is_launching_process
-    from perfkit.sweep import in_sweep, record_failure
 
     bad_input: tuple[type[Exception], ...] = (
         ConfigError,
@@ -131,8 +140,6 @@ def run_task(
     except KeyboardInterrupt:
         _interrupted(program, cfg)
     except SystemExit as exit_:
-        from perfkit.errors import Interrupted
-
         if exit_.code == 1 and Interrupted.seen:  # Lightning's exit after a Ctrl-C inside fit
             _interrupted(program, cfg)
         raise
@@ -154,8 +161,6 @@ def _report_known_fault(program: str, error: Exception) -> bool:
     """One line, then exit, for a fault of the machine (full disk, a killed loader worker) or of the
     data (a float64 batch behind a dtype error); True when the sweep goes on without this job."""
     from perfkit.data.checks import explain  # imports Lightning: only once something failed
-    from perfkit.run import is_launching_process
-    from perfkit.sweep import in_sweep, record_failure
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return False
@@ -172,7 +177,6 @@ def _report_known_fault(program: str, error: Exception) -> bool:
 
 
 def _interrupted(program: str, cfg: DictConfig) -> None:
-    from perfkit.run import is_launching_process
 
     if is_launching_process():
         print(f"{program}: interrupted; what finished is in {cfg.paths.output_dir}", file=sys.stderr)
@@ -182,8 +186,8 @@ def _interrupted(program: str, cfg: DictConfig) -> None:
 def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exception], ...]) -> Any:
     """``task(cfg)``; a ``ddp_spawn`` worker's failure is raised here as what the worker raised, so
     that it is reported as it would be without spawn (torch passes on only the worker's traceback)."""
+    # here, not at the top: every command's `--help` answers before torch and Lightning load
     from perfkit.callbacks import DivergedError
-    from perfkit.distributed import spawned_worker_error
 
     try:
         return task(cfg)
@@ -201,17 +205,6 @@ def _in_launching_process(task: Task, cfg: DictConfig, bad_input: tuple[type[Exc
 
 def _report_failure(program: str, error: Exception) -> bool:
     """Say which rank failed (or died first); True when the sweep goes on without this job."""
-    from perfkit.distributed import (
-        WorkerError,
-        dead_ranks,
-        end_stuck_children,
-        rank_description,
-        stuck_rank,
-        timed_out,
-    )
-    from perfkit.run import is_launching_process
-    from perfkit.sweep import in_sweep, record_failure
-
     if isinstance(error, WorkerError):  # a ddp_spawn worker: its own traceback, then one line
         if error.traceback:
             print(error.traceback, file=sys.stderr)
@@ -257,8 +250,6 @@ def _report_failure(program: str, error: Exception) -> bool:
 def _exit_if_users_code(program: str, error: BaseException) -> None:
     """An error raised in (or under) the user's own module or datamodule: one line naming its file,
     line and function, not a traceback through Lightning (HYDRA_FULL_ERROR=1 shows that)."""
-    from perfkit.distributed import rank_description
-
     where = user_frame(error)
     if where is None or rank_description() or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perfkit.checkpoint import weights_only_for
+from perfkit.profiling.report import summary_lines
 from perfkit.reporting import markdown_table
 from perfkit.run import write_json
+from perfkit.system import environment
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, *, final_weights: bool =
     module or data has no step or loader for is skipped and recorded as such."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from perfkit.checkpoint import weights_only_for
+    # here, not at the top: perfkit.train imports this module, and `--help` answers before Lightning loads
     from perfkit.monitoring import missing_stage
 
     # the checkpoint that tracks a monitored metric holds the best model (Lightning's default one, if
@@ -135,7 +138,6 @@ class RunMetrics:
 
 def setup_description(trainer: Any, model: Any, datamodule: Any, seed: int) -> dict[str, Any]:
     """The :class:`RunMetrics` fields that describe where and how the run trained."""
-    from perfkit.system import environment
 
     return {
         "world_size": trainer.world_size,
@@ -155,8 +157,6 @@ def profile_summary(run_dir: Path) -> dict[str, Any] | None:
     """Log the step breakdown the ``pytorch`` profiler saved (rank 0 wrote it, possibly in a spawned
     worker) and return its headline for ``metrics.json``."""
     import json
-
-    from perfkit.profiling.report import summary_lines
 
     path = run_dir / "profile.json"
     if not path.is_file():
@@ -185,6 +185,7 @@ def _process_group_backend(strategy: Any) -> str | None:
 
 
 def monitor_summary(trainer: Any) -> dict[str, Any] | None:
+    # here, not at the top: perfkit.train imports this module, and `--help` answers before Lightning loads
     from perfkit.monitoring import TrainingMonitor
 
     monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None)

@@ -10,9 +10,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit import distributed
 from perfkit.build import avoid_duplicate_log_lines, build, build_trainer
+from perfkit.checkpoint import (
+    check_fits,
+    check_resume_matches,
+    holds_objects,
+    read_checkpoint,
+    weights_only_for,
+)
 from perfkit.cli import take_command_start
 from perfkit.config import ConfigError, check_config, fit_to_targets
+from perfkit.distributed import HEARTBEATS
 from perfkit.evaluation import (
     RunMetrics,
     evaluate,
@@ -23,6 +32,8 @@ from perfkit.evaluation import (
     setup_description,
 )
 from perfkit.run import RunDirectory, is_launching_process, resume_checkpoint
+from perfkit.system import environment
+from perfkit.tracking import check_loggers, finish_training_runs
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +49,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for line in fit_to_targets(cfg):
         log.info(line)
     check_config(cfg)
-    from perfkit import distributed
-
     avoid_duplicate_log_lines()
     distributed.check_shared_run_dir()
     run_dir = Path(cfg.paths.output_dir)
@@ -58,10 +67,6 @@ def _train(
 ) -> dict[str, Any]:
     # Deferred so that `--help` and Hydra's composition errors answer without importing Lightning.
     import lightning as L
-
-    from perfkit.checkpoint import check_fits, check_resume_matches, read_checkpoint
-    from perfkit.distributed import HEARTBEATS
-    from perfkit.tracking import check_loggers, finish_training_runs
 
     check_loggers(cfg.get("logger"))
     # every rank finds the same checkpoint: the others start before rank 0 can write a new one
@@ -117,6 +122,7 @@ def _train(
 
 def _pruned(trainer: Any, optimizations: Any) -> bool | None:
     """Whether pruning happened (None: none was asked for); the run says so when it never did."""
+    # here, not at the top: perfkit.train imports this module, and `--help` answers before Lightning loads
     from perfkit.optim.training import pruning_applied
 
     pruned = pruning_applied(trainer)
@@ -144,8 +150,6 @@ def _fit(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, cfg: 
 def _restore_mode(model: Any, datamodule: Any) -> bool | None:
     """``weights_only`` for Lightning's restores of this run's checkpoints, said in the log when it
     must be False (hyper-parameters that hold objects)."""
-    from perfkit.checkpoint import holds_objects, weights_only_for
-
     weights_only = weights_only_for(model, datamodule)
     if weights_only is False:
         log.info(
@@ -159,7 +163,6 @@ def _restore_mode(model: Any, datamodule: Any) -> bool | None:
 
 def _record_config(cfg: DictConfig, trainer: Any, run_dir: Path, resume_from: Path | None) -> None:
     """``config.yaml`` in the run directory (rank 0) and the hyper-parameters in every logger."""
-    from perfkit.system import environment
 
     if trainer.is_global_zero:
         OmegaConf.save(cfg, _config_file(run_dir), resolve=True)

@@ -5,18 +5,42 @@
 
 Writes into its run directory: ``optimized.pt`` (the final model, ``torch.load(..., weights_only=False)``),
 ``comparison.json`` (environment, config, one row per stage, transform reports) and ``comparison.md``.
-The work is :func:`perfkit.optim.pipeline.optimize` (importable from here too).
+The work is :func:`perfkit.optim.pipeline.optimize` (``optimize``, ``load_run``, ``finetune`` and
+``comparison_markdown`` are importable from here too).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig
+
 from perfkit.cli import command, run_program
-from perfkit.optim.pipeline import comparison_markdown, optimize
-from perfkit.optim.runs import finetune, load_run
 
-__all__ = ["comparison_markdown", "finetune", "load_run", "main", "optimize"]
+_LAZY_ATTRIBUTES = {
+    "optimize": "perfkit.optim.pipeline",
+    "comparison_markdown": "perfkit.optim.pipeline",
+    "finetune": "perfkit.optim.runs",
+    "load_run": "perfkit.optim.runs",
+}
 
-main = command("perfkit.optimize", "optimize", optimize, user_errors=(ValueError,))
+
+def _optimize(cfg: DictConfig) -> dict[str, Any]:
+    # here, not at the top: `--help` and a config typo answer before torch and Lightning load
+    from perfkit.optim.pipeline import optimize
+
+    return optimize(cfg)
+
+
+main = command("perfkit.optimize", "optimize", _optimize, user_errors=(ValueError,))
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_ATTRIBUTES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perfkit.optimize' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from perfkit.config import task_overrides
 from perfkit.errors import first_line
 from perfkit.reporting import markdown_table
-from perfkit.run import write_json
+from perfkit.run import is_launching_process, write_json
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ class SweepSummary(Callback):
     """Rewrite ``summary.csv`` and ``summary.md`` in the sweep directory after every job."""
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from perfkit.run import is_launching_process
 
         if not in_sweep() or not is_launching_process():  # one row per job, not per rank
             return

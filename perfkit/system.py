@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import perfkit
 from perfkit.errors import ConfigError
 
 
@@ -38,8 +39,6 @@ def environment() -> dict[str, Any]:
     """Versions and hardware that a result depends on."""
     import lightning
     import torch
-
-    import perfkit
 
     info: dict[str, Any] = {
         **cpu_description(),

@@ -11,6 +11,7 @@ from perfkit.cli import command, run_program
 
 def bench(cfg: DictConfig) -> None:
     """Measure the matrix ``cfg.bench`` describes and print the report."""
+    # here, not at the top: `python -m perfkit.bench --help` answers before torch loads
     from perfkit.bench.suite import run_bench
 
     report = run_bench(cfg)
@@ -23,6 +24,7 @@ _bench_command = command("perfkit.bench", "bench", bench, user_errors=(ValueErro
 
 def main() -> None:
     if sys.argv[1:2] == ["compare"]:
+        # here, not at the top: `python -m perfkit.bench --help` answers before torch loads
         from perfkit.bench.compare import main as compare
 
         sys.exit(compare(sys.argv[2:]))

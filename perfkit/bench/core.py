@@ -27,6 +27,7 @@ from perfkit.measure import (
     time_interleaved,
 )
 from perfkit.optim.report import count_parameters, serialized_size
+from perfkit.system import environment
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -331,6 +332,5 @@ def _timing(rounds: int, warmup: int, threads: int | None) -> dict[str, Any]:
 
 
 def _environment() -> dict[str, Any]:
-    from perfkit.system import environment
 
     return environment()

@@ -10,6 +10,14 @@ import torch
 from torch import nn
 
 from perfkit.bench.report import Row
+from perfkit.bench.utilization import (
+    effective_precisions,
+    ideal_seconds,
+    matmul_tflops,
+    peak_tflops,
+    step_flops_by_kind,
+)
+from perfkit.bench.variants import eager_network, precision_of
 
 
 def utilization(
@@ -20,14 +28,6 @@ def utilization(
     mode: str,
 ) -> dict[str, float]:
     """Fill each measured row's TFLOP/s and MFU; return the measured matmul rates used."""
-    from perfkit.bench.utilization import (
-        effective_precisions,
-        ideal_seconds,
-        matmul_tflops,
-        peak_tflops,
-        step_flops_by_kind,
-    )
-    from perfkit.bench.variants import eager_network, precision_of
 
     def measured_rate(precision: str, again: bool = False) -> float:
         # the best of every measurement in this process: one taken while the machine was busy is low

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perfkit.bench.utilization import float32_matmul
 from perfkit.schemas import BenchOptimizer, choices
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,7 +33,6 @@ def step_function(
     Training steps use SGD, or ``optimizer="adamw"``: torch's fused AdamW (what a tuned hand-written
     loop uses). A variant with ``float32_matmul_precision`` (TF32) gets it around the whole step.
     """
-    from perfkit.bench.utilization import float32_matmul
 
     inputs = tuple(t.to(device) for t in inputs)
     precision = getattr(model, "float32_matmul_precision", "fp32")

@@ -24,14 +24,20 @@ from torch import nn
 from perfkit.bench.core import measure_variants
 from perfkit.bench.prepared import Prepared
 from perfkit.bench.report import BenchmarkReport
-from perfkit.bench.variants import Settings, build, skip_reason
+from perfkit.bench.serve import serve_model
+from perfkit.bench.variants import Settings, build, network, skip_reason
+from perfkit.build import build as build_run
 from perfkit.config import ConfigError, build_typed, compose_config, config_dir, typed_node
 from perfkit.errors import first_line, is_interrupt
+from perfkit.fitting import train
 from perfkit.measure import load_snapshot, machine_load
 from perfkit.optim import prune
+from perfkit.optim.runs import finetune
+from perfkit.run import RunDirectory
 from perfkit.schemas import Bench as BenchConfig
 from perfkit.schemas import is_device
-from perfkit.system import NO_CUDA, missing_device
+from perfkit.system import NO_CUDA, environment, missing_device
+from perfkit.tracking import check_online_wandb, log_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +60,9 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     """Measure the matrix described by ``cfg.bench``; write the report into ``cfg.paths.output_dir``."""
     from tqdm import tqdm
 
-    from perfkit.run import RunDirectory
-
     spec = bench_config(cfg)
     tracking = cfg.get("wandb") if cfg.get("wandb") and cfg.wandb.get("enabled") else None
     if tracking is not None:
-        from perfkit.tracking import check_online_wandb
-
         check_online_wandb(bool(tracking.get("offline", True)), "wandb.offline")
     if not torch.cuda.is_available() and all(d.startswith("cuda") for d in spec.devices):
         log.warning("%s: every row will be skipped, so nothing is trained", NO_CUDA)
@@ -99,8 +101,6 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
     written = report.save(output_dir)
     log.info("report in %s", output_dir)
     if tracking is not None:
-        from perfkit.tracking import log_benchmark
-
         config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         offline = bool(tracking.get("offline", True))
         project = str(tracking.get("project", "perfkit"))
@@ -109,7 +109,6 @@ def run_bench(cfg: DictConfig) -> BenchmarkReport:
 
 
 def _empty_report(cfg: DictConfig, spec: BenchConfig) -> BenchmarkReport:
-    from perfkit.system import environment
 
     threads = spec.threads or torch.get_num_threads()
     return BenchmarkReport(
@@ -181,7 +180,6 @@ def _serve(
     prepared: Prepared, spec: BenchConfig, report: BenchmarkReport, output_dir: Path, bar: Any
 ) -> None:
     """The serving candidates of one model on each device (perfkit.bench.serve); the report links them."""
-    from perfkit.bench.serve import serve_model
 
     for name in spec.devices:
         device = torch.device(name)
@@ -212,10 +210,6 @@ def forget_compiled_graphs(device: torch.device) -> None:
 def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepared:
     """Train ``name`` for ``spec.train_epochs`` with perfkit.train (0: random weights), then prune."""
 
-    from perfkit.build import build
-    from perfkit.fitting import train
-    from perfkit.optim.runs import finetune
-
     if not spec.train_epochs:
         return _untrained(name, spec)
     accelerator = (
@@ -237,7 +231,7 @@ def prepare(name: str, spec: BenchConfig, run_dir: Path, *, seed: int) -> Prepar
     with _quiet_lightning(run_dir):
         if spec.train_epochs:
             train(run_cfg)
-        datamodule, classifier = build(run_cfg)
+        datamodule, classifier = build_run(run_cfg)
         if spec.train_epochs:
             checkpoint = torch.load(
                 run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
@@ -267,8 +261,6 @@ def _untrained(name: str, spec: BenchConfig) -> Prepared:
     """Random weights (``train_epochs=0``): speed only, no accuracy; any network of
     :data:`~perfkit.bench.variants.MODELS`, torchvision's ResNet-50 and ViT-B/16 included."""
     from hydra.utils import instantiate
-
-    from perfkit.bench.variants import network
 
     datamodule = instantiate(compose_config("train", [f"data={spec.data}", *spec.data_overrides]).data)
     datamodule.setup("fit")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from perfkit.bench.catalog import CATALOG, REGISTRY, preset
+from perfkit.models import MLP, SmallCNN, resnet18, vit
 from perfkit.optim import compile, prune, quantize
 from perfkit.schemas import BenchMode, BenchModel, choices
 from perfkit.system import missing_device
@@ -220,8 +221,6 @@ def build(variant: str, net: nn.Module, built: dict[str, nn.Module], settings: S
 def network(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """One of perfkit's networks by its config name, randomly initialised."""
     import torchvision
-
-    from perfkit.models import MLP, SmallCNN, resnet18, vit
 
     check_choices("model", [name], MODELS)
     if name == "resnet50":  # torchvision's, random init: GPU-sized work

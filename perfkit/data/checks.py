@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from perfkit.errors import ConfigError, first_line
+from perfkit.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ def check_batch(batch: Any, loader: str, module: L.LightningModule) -> list[str]
 
 def _check_labels(batch: Any, loader: str, module: L.LightningModule) -> None:
     """perfkit's classifier takes ``(images, labels)`` with labels in ``[0, num_classes)``."""
-    from perfkit.models.classifier import ImageClassifier
 
     if not isinstance(module, ImageClassifier) or not (isinstance(batch, list | tuple) and len(batch) == 2):
         return

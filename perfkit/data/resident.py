@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
+from perfkit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DeviceResident = bool | Literal["auto"]
@@ -79,8 +81,6 @@ def decide(
     if found is None:
         what = type(dataset.dataset if isinstance(dataset, Subset) else dataset).__name__
         if requested is True:
-            from perfkit.errors import ConfigError
-
             raise ConfigError(
                 f"data.device_resident=true needs an in-memory tensor dataset (TensorImageDataset); {what} "
                 "computes its samples: use data.device_resident=auto or false"

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perfkit.system import cache_dir, cpu_description
+
 log = logging.getLogger(__name__)
 
 
@@ -122,7 +124,6 @@ def fastest(samples_per_s: dict[int, float], tolerance: float = 0.05) -> int:
 
 def cache_path() -> Path:
     """``num_workers.json`` in :func:`perfkit.system.cache_dir`."""
-    from perfkit.system import cache_dir
 
     return cache_dir() / "num_workers.json"
 
@@ -130,8 +131,6 @@ def cache_path() -> Path:
 def cache_key(dataset: str, batch_size: int, local_processes: int) -> str:
     """What the best worker count depends on: the data, the batch, and this machine's share of cores."""
     import torch
-
-    from perfkit.system import cpu_description
 
     machine = f"{cpu_description()['cpu_model']}|{available_cores()} cores|{platform.node()}"
     return f"{dataset}|batch={batch_size}|ranks_per_machine={local_processes}|{machine}|torch={torch.__version__}"

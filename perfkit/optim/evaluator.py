@@ -11,6 +11,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from perfkit.config import ConfigError
+from perfkit.measure import output_drift, speedup, time_interleaved
+from perfkit.monitoring import missing_stage
+from perfkit.network import CaptureFirstCall, call_from_batch, get_network
+from perfkit.optim.artifacts import LoadedArtifact
+from perfkit.optim.report import count_parameters, serialized_size
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +25,6 @@ class Evaluator:
     and keeps the inputs of the network's first call (what the stages are timed on)."""
 
     def __init__(self, model: Any, path: str, datamodule: Any, device: Any, monitor: str) -> None:
-        from perfkit.monitoring import missing_stage
 
         self.model, self.path, self.datamodule, self.device = model, path, datamodule, device
         self.monitor = monitor
@@ -38,8 +42,6 @@ class Evaluator:
     def metrics(self, stage_module: Any) -> dict[str, float]:
         """Every metric the module logs on the validation and test sets, for this stage."""
         import lightning as L
-
-        from perfkit.network import CaptureFirstCall, get_network
 
         capture = CaptureFirstCall(get_network(stage_module, self.path)) if self.call is None else None
         trainer = L.Trainer(
@@ -65,7 +67,6 @@ class Evaluator:
 
 def example_call(evaluator: Evaluator, model: Any) -> Any:
     """What the network was called with while the original was scored, else from the data."""
-    from perfkit.network import call_from_batch
 
     if evaluator.call is not None:
         return evaluator.call
@@ -110,10 +111,6 @@ def measure_stages(
     """One row per stage: the module's own metrics, output drift, size, and latency timed
     interleaved with the original on the network's recorded inputs."""
     import torch
-
-    from perfkit.measure import output_drift, speedup
-    from perfkit.network import get_network
-    from perfkit.optim.report import count_parameters, serialized_size
 
     call = example_call(evaluator, stages[0][1]).resized(cfg.benchmark.batch_size).to(device)
     path = evaluator.path
@@ -185,8 +182,6 @@ def _time_stages(stages: list[tuple[str, Any]], call: Any, bench: DictConfig, de
     import torch
     from tqdm import tqdm
 
-    from perfkit.measure import time_interleaved
-
     previous_threads = torch.get_num_threads()
     if bench.threads:
         torch.set_num_threads(bench.threads)
@@ -218,6 +213,5 @@ def described(network: Any, name: str) -> Any:
 
 def _artifact(network: Any) -> Any:
     """The loaded artifact a stage's network is or calls, else None."""
-    from perfkit.optim.artifacts import LoadedArtifact
 
     return network if isinstance(network, LoadedArtifact) else getattr(network, "perfkit_artifact", None)

@@ -10,10 +10,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit.build import build
 from perfkit.config import ConfigError, check_required, typed_root
 from perfkit.errors import first_line
 from perfkit.network import get_network, network_path
+from perfkit.optim import reports
 from perfkit.optim.evaluator import Evaluator, measure_stages
+from perfkit.optim.exporting import FILE_NAMES
 from perfkit.optim.runs import load_run
 from perfkit.optim.stages import export_stages, save_final, serve_stages, transform_stages
 from perfkit.reporting import markdown_table
@@ -28,10 +31,6 @@ def optimize(cfg: DictConfig) -> dict[str, Any]:
     """Apply the requested transforms stage by stage to the module's network; score each stage with
     the module's own validation/test steps (its own metrics), and time, size and compare it."""
     import torch
-
-    from perfkit.build import build
-    from perfkit.optim import reports
-    from perfkit.optim.exporting import FILE_NAMES
 
     check_required(cfg)
     checkpoint, run_cfg = load_run(cfg.ckpt_path)

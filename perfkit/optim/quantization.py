@@ -23,9 +23,12 @@ import torch
 from torch import nn
 
 from perfkit.errors import first_line
+from perfkit.measure import output_drift, time_interleaved
+from perfkit.optim.compiling import CompiledModule
 from perfkit.optim.pruning import check_example_inputs
 from perfkit.optim.report import attach, measure, replaced_layers, require_module
 from perfkit.schemas import QuantizeBackend, QuantizeScheme, choices
+from perfkit.system import cpu_description
 
 SCHEMES = choices(QuantizeScheme)
 BACKENDS = choices(QuantizeBackend)
@@ -172,9 +175,6 @@ def _choose_backend(
 def _time_backends(
     scheme: str, model: nn.Module, example_inputs: Any, compiled: bool
 ) -> tuple[str, dict[str, Any]]:
-    from perfkit.measure import time_interleaved
-    from perfkit.optim.compiling import CompiledModule
-    from perfkit.system import cpu_description
 
     args = tuple(
         t.cpu() if isinstance(t, torch.Tensor) else t
@@ -322,7 +322,6 @@ def _warn_drift(scheme: str, source: nn.Module, quantized: nn.Module, example_in
 def _drift(source: nn.Module, quantized: nn.Module, example_inputs: Any) -> str:
     """Why the quantized outputs cannot be trusted on ``example_inputs`` (NaN, collapsed to zeros,
     or far from the float model's), or ""."""
-    from perfkit.measure import output_drift
 
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with torch.inference_mode():

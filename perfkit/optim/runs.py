@@ -10,12 +10,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit.checkpoint import read_checkpoint
 from perfkit.config import ConfigError
+from perfkit.network import get_network, with_network
 
 
 def load_run(ckpt_path: str) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint of a perfkit training run and that run's resolved config."""
-    from perfkit.checkpoint import read_checkpoint
 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
@@ -35,8 +36,6 @@ def finetune(network: Any, model: Any, path: str, datamodule: Any, epochs: int, 
     """Train the pruned network a few epochs inside the module (its own training_step and
     configure_optimizers), to recover accuracy."""
     import lightning as L
-
-    from perfkit.network import get_network, with_network
 
     tuned: Any = copy.deepcopy(with_network(model, path, network)).train()
     if hasattr(tuned, "scheduler_factory"):

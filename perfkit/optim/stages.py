@@ -13,8 +13,14 @@ from omegaconf import DictConfig
 from perfkit.checkpoint import save_atomically
 from perfkit.config import ConfigError
 from perfkit.errors import first_line
+from perfkit.network import get_network, with_network
+from perfkit.optim import CompiledModule, prune, quantize, reports
+from perfkit.optim import compile as compile_model
 from perfkit.optim.evaluator import Evaluator, _artifact, calibration_batches, example_call
+from perfkit.optim.exporting import FILE_NAMES, ExportError, export_checked, load
+from perfkit.optim.report import count_parameters
 from perfkit.optim.runs import finetune
+from perfkit.serving import Candidate, serve_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +30,6 @@ def transform_stages(
 ) -> list[tuple[str, Any]]:
     """(label, module) after each transform of its network, in order: original, prune (+ fine-tune),
     quantize, compile. The original is scored first, which also records the network's inputs."""
-    from perfkit.network import get_network, with_network
-    from perfkit.optim import compile as compile_model
-    from perfkit.optim import prune, quantize, reports
 
     model = model.eval()
     stages: list[tuple[str, Any]] = [("original", model)]
@@ -79,10 +82,6 @@ def export_stages(
     """Export the last stage's network in each of ``cfg.export``'s formats into the run directory,
     and add each artifact that passed its check as a stage of its own (scored and timed like the
     others). A format that fails is one line in the log and in the returned records; the rest still run."""
-    from perfkit.network import get_network
-    from perfkit.optim import CompiledModule
-    from perfkit.optim.exporting import FILE_NAMES, ExportError, export_checked, load
-    from perfkit.optim.report import count_parameters
 
     if not cfg.export:
         return []
@@ -138,9 +137,6 @@ def serve_stages(
 ) -> dict[str, Any]:
     """Every stage as a serving candidate (perfkit.serving): cold start in a fresh process, batch-1
     latency percentiles, throughput, peak memory, size and the test accuracy already measured."""
-    from perfkit.network import get_network
-    from perfkit.optim import CompiledModule
-    from perfkit.serving import Candidate, serve_benchmark
 
     if call.kwargs:  # said, not raised: the comparison measured so far is still written
         reason = "the network is called with keyword arguments; serving takes positional inputs"
@@ -190,7 +186,6 @@ def _with_artifact(module: Any, path: str, artifact: Any) -> Any:
     """``module`` whose network is the loaded ``artifact``. When the network is the module itself
     (path ""), a copy whose ``forward`` is the artifact's, so its own steps (``self(x)``) score the
     artifact; the artifact rides along as ``perfkit_artifact`` for its size and serving."""
-    from perfkit.network import with_network
 
     if path:
         return with_network(module, path, artifact)

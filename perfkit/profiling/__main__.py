@@ -34,6 +34,7 @@ def report_traces(paths: Sequence[str]) -> int:
         return 2
     from dataclasses import asdict
 
+    # here, not at the top: `python -m perfkit.profile --help` answers before torch loads
     from perfkit.profiling.breakdown import hint
     from perfkit.profiling.report import breakdown_lines
     from perfkit.profiling.trace import trace_breakdown

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from perfkit.measure import quiet_profiler_logs
 from perfkit.profiling.breakdown import _STEP, VALIDATION_LABEL, Span, StepBreakdown, hint, step_breakdown
 from perfkit.profiling.report import ProfileReport
 from perfkit.profiling.trace import OperatorTime, spans_of, top_operators
@@ -107,8 +108,6 @@ class TorchProfiler(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch.profiler import ProfilerActivity, profile, schedule
 
-        from perfkit.measure import quiet_profiler_logs
-
         self._trainer = trainer
         activities = [ProfilerActivity.CPU]
         if self._device(trainer) == "cuda":
@@ -139,8 +138,6 @@ class TorchProfiler(L.Callback):
         # one profiler step per batch, from this batch's start to the next one's: the step, then fetching
         # the next batch (Lightning prefetches one)
         if self._profiler is not None:
-            from perfkit.measure import quiet_profiler_logs
-
             with quiet_profiler_logs():  # kineto's C++ log lines when a cycle starts and ends
                 self._profiler.step()
             for message in self._pending_warnings:
@@ -183,7 +180,6 @@ class TorchProfiler(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._profiler is None:
             return
-        from perfkit.measure import quiet_profiler_logs
 
         self.on_validation_epoch_end(trainer, pl_module)
         with quiet_profiler_logs():

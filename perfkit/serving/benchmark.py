@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfkit.optim.report import serialized_size
 from perfkit.serving.candidate import KINDS, Candidate, eager_of, error_summary
 from perfkit.serving.cold_start import _cold_start
 from perfkit.serving.report import ServeReport, ServeRow
@@ -96,8 +97,6 @@ def _size(candidate: Candidate) -> int | None:
     if candidate.path:
         return Path(candidate.path).stat().st_size
     if isinstance(candidate.module, nn.Module):
-        from perfkit.optim.report import serialized_size
-
         return serialized_size(eager_of(candidate.module))
     return None
 

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from perfkit.errors import first_line
+from perfkit.optim.compiling import CompiledModule
 
 KINDS = ("torch", "torch_compile", "onnx", "aoti")
 
@@ -29,7 +30,6 @@ class Candidate:
 
 def eager_of(module: Any) -> Any:
     """The module a compiled candidate wraps: what a fresh process loads before compiling."""
-    from perfkit.optim.compiling import CompiledModule
 
     return module.module if isinstance(module, CompiledModule) else module
 

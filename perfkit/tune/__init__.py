@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from perfkit.config import build_typed
 from perfkit.errors import noting_ctrl_c
 from perfkit.tune.candidates import Candidate
 from perfkit.tune.report import TuneResult, write_outputs
@@ -69,7 +70,6 @@ def tune(
     ``settings``: any key of :class:`perfkit.schemas.Tune` (``budget_s=300``, ``max_accuracy_drop=0.5``,
     ``modes=["train"]``, ``device="auto"``, ``rounds``, ...); the others keep its defaults.
     """
-    from perfkit.config import build_typed
 
     _check_objects(module, datamodule)
     checked = build_typed(

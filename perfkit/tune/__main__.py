@@ -16,10 +16,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from perfkit.build import build
 from perfkit.cli import command, run_program
 from perfkit.config import check_config, fit_to_targets, typed_node
+from perfkit.evaluation import monitored_value
+from perfkit.run import RunDirectory
+from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
 from perfkit.tune.candidates import train_config_keys
+from perfkit.tune.report import train_command
 from perfkit.tune.runs import Score
+from perfkit.tune.selection import TuneInterrupted
 
 log = logging.getLogger("perfkit.tune")
 
@@ -30,12 +36,6 @@ def run(cfg: DictConfig) -> Any:
         log.info(line)
     check_config(cfg)
     import lightning as L
-
-    from perfkit.build import build
-    from perfkit.run import RunDirectory
-    from perfkit.tune import Tuner, TuneSettings, progress_bar, write_outputs
-    from perfkit.tune.report import train_command
-    from perfkit.tune.selection import TuneInterrupted
 
     settings: TuneSettings = typed_node(cfg, "tune")
     run_dir = Path(cfg.paths.output_dir)
@@ -184,7 +184,6 @@ def _train_in_a_fresh_process(
     if completed.returncode != 0 or not metrics.is_file():
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         return f"the {name} run failed (exit {completed.returncode}): {lines[-1] if lines else 'no message'}"
-    from perfkit.evaluation import monitored_value
 
     value = monitored_value(json.loads(metrics.read_text()), str(cfg.get("monitor", "val/acc")))
     if value is None:
