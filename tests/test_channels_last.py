@@ -18,7 +18,7 @@ from perfkit.optim.training import (
 )
 from perfkit.schemas import TrainOptimize
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain
+from tests.helpers import FAST, ComposeTrain
 
 ONE_EPOCH = [*FAST, "logger=none", "trainer.max_epochs=1", "data.num_workers=0"]
 

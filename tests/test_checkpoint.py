@@ -15,7 +15,7 @@ from torch import nn
 
 from perfkit.checkpoint import check_fits, read_checkpoint
 from perfkit.config import ConfigError
-from tests.conftest import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, broken_checkpoint, run_failure
+from tests.helpers import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, broken_checkpoint, run_failure
 
 
 @pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "other-model"])
@@ -165,7 +165,7 @@ def test_killing_a_loader_worker_mid_run_is_one_line(tmp_path: Path) -> None:
 def test_a_best_checkpoint_deleted_during_the_run_is_said_not_a_crash(cli: CLI, tmp_path: Path) -> None:
     code, err = cli(
         "debug=fast", "logger=none", "data=digits", "model=mlp",
-        "+callbacks.rm._target_=tests.toy_models.RemoveCheckpoints",
+        "+callbacks.rm._target_=tests.helpers.toy_models.RemoveCheckpoints",
     )  # fmt: skip
     assert code == 0, run_failure(err)
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from perfkit.build import build_strategy
 from perfkit.config import ConfigError, check_config, check_node, compose_config, config_dir, instantiate_all
-from tests.conftest import ComposeTrain
+from tests.helpers import ComposeTrain
 
 CONFIGS = config_dir()
 # group -> options; files included by other files (data/loader) are covered through those

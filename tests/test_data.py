@@ -20,7 +20,7 @@ from perfkit.data import (
     split_indices,
 )
 from perfkit.errors import ConfigError
-from tests.conftest import attach_trainer as _attach
+from tests.helpers import attach_trainer as _attach
 
 
 def _split_sets(datamodule: ClassificationDataModule) -> list[set[int]]:

@@ -11,7 +11,7 @@ import torch
 from perfkit.data.checks import DataError, check_batch, tensors
 from perfkit.models import MLP
 from perfkit.models.classifier import ImageClassifier
-from tests.conftest import CLI, run_failure
+from tests.helpers import CLI, run_failure
 
 PROJECT = Path(__file__).parent / "user_project"
 USER = ("data._target_=userpkg.FlawedDigits", "model._target_=userpkg.DigitsNet", "monitor=val/accuracy")

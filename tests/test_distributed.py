@@ -17,7 +17,7 @@ import torch
 
 from perfkit.config import ConfigError
 from perfkit.distributed import check_shared_run_dir, port_in_use
-from tests.conftest import FAST, ComposeTrain, free_port, run_cli, run_failure
+from tests.helpers import FAST, ComposeTrain, free_port, run_cli, run_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
@@ -260,7 +260,7 @@ def _run_with_rank_1_failing(strategy: str, how: str, cwd: Path) -> tuple[int, s
         "devices=2",
         "logger=none",
         "hydra.run.dir=run",
-        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
+        "+callbacks.fail._target_=tests.helpers.toy_models.FailOnRank",
         "+callbacks.fail.rank=1",
         f"+callbacks.fail.how={how}",
         cwd=cwd,
@@ -295,7 +295,7 @@ def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path: Path) ->
         "logger=none",
         "hydra.run.dir=run",
         "strategy.timeout_s=10",
-        "+callbacks.fail._target_=tests.toy_models.FailOnRank",
+        "+callbacks.fail._target_=tests.helpers.toy_models.FailOnRank",
         "+callbacks.fail.rank=1",
         "+callbacks.fail.how=stop",
         cwd=tmp_path,

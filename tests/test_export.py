@@ -13,7 +13,7 @@ from torch import nn
 
 import perfkit
 from perfkit.optim.exporting import export_checked, load
-from tests.toy_models import TOY_MODELS
+from tests.helpers.toy_models import TOY_MODELS
 
 
 class TwoInputs(nn.Module):

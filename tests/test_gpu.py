@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
+from tests.helpers import FAST, ComposeTrain, run_cli, run_failure
 
 pytestmark = [
     pytest.mark.gpu,

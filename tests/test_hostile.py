@@ -22,7 +22,7 @@ from torch import nn
 
 import perfkit
 from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_dir
-from tests.conftest import (
+from tests.helpers import (
     CHECKPOINT_MESSAGES,
     CHECKPOINTS,
     CLI,
@@ -207,7 +207,7 @@ def test_optimize_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, kind: str
 
 # --- image folders that are not what they should be ------------------------------------------------
 def _folder(kind: str, root: Path) -> Path:
-    from tests.conftest import make_image_folder
+    from tests.helpers import make_image_folder
 
     root.mkdir(parents=True)
     if kind == "empty":
@@ -597,7 +597,9 @@ def test_wandb_mode_empty_means_unset_and_nonsense_is_refused(
 # --- a user's own LightningModule: perfkit's optimizer settings can't reach it ------------------------
 def test_an_optimizer_override_a_users_module_would_ignore_is_refused(cli: CLI, tmp_path: Path) -> None:
     (tmp_path / "conf" / "model").mkdir(parents=True)
-    (tmp_path / "conf" / "model" / "user.yaml").write_text("_target_: tests.toy_models.UserLightningModule\n")
+    (tmp_path / "conf" / "model" / "user.yaml").write_text(
+        "_target_: tests.helpers.toy_models.UserLightningModule\n"
+    )
     own = f"--config-dir={tmp_path / 'conf'}"
     code, err = cli(own, *DIGITS, "model=user", "optimizer=sgd", "optimizer.lr=5.0")
     _one_line_error(code, err, "optimizer=sgd", "takes no optimizer", "configure_optimizers")

@@ -9,7 +9,7 @@ import torch
 
 from perfkit import measure
 from perfkit.measure import Timing, median_confidence_interval, peak_memory_bytes, speedup, time_interleaved
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from torch import nn
 import perfkit
 from perfkit.models import MLP, SmallCNN, resnet18, vit
 from perfkit.optim import CompiledModule, compile, prune, quantize, reports
-from tests.toy_models import TOY_MODELS, ConvOnly, TinyConvNet, TinyMLP
+from tests.helpers.toy_models import TOY_MODELS, ConvOnly, TinyConvNet, TinyMLP
 
 DIGIT = (1, 28, 28)
 PERFKIT_MODELS: dict[str, Callable[[], nn.Module]] = {

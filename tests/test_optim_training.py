@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelPruning
 from perfkit.models import ImageClassifier, SmallCNN
 from perfkit.optim.training import CompileForward, PruneChannels, TrainingOptimizations
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
+from tests.helpers import FAST, ComposeTrain, run_cli, run_failure
 
 TWO_EPOCHS = [*FAST, "logger=none", "trainer.max_epochs=2"]
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from perfkit.config import ConfigError, compose_config
 from perfkit.optimize import optimize
 from perfkit.train import train
-from tests.conftest import FAST, run_cli, run_failure
+from tests.helpers import FAST, run_cli, run_failure
 
 FAST_TIMING = ["benchmark.rounds=3", "benchmark.warmup=1", "benchmark.batch_size=16"]
 

@@ -15,7 +15,7 @@ from perfkit.overhead import (
     skip_gpu_probe_without_gpus,
     without_lightning_gpu_probe,
 )
-from tests.conftest import FAST, ComposeTrain
+from tests.helpers import FAST, ComposeTrain
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 

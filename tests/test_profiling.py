@@ -31,7 +31,7 @@ from perfkit.profiling import (
     union,
 )
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, free_port, run_cli, run_failure
+from tests.helpers import FAST, ComposeTrain, free_port, run_cli, run_failure
 
 # profile steps 2-4 of 8 (wait 1, warmup 1, active 3): the window closes before the epoch ends
 PROFILED = [*FAST, "profiler=pytorch", "profiler.schedule.skip_first=0", "trainer.limit_train_batches=8"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import perfkit
-from tests.toy_models import TinyMLP
+from tests.helpers.toy_models import TinyMLP
 
 
 def _choice(model: torch.nn.Module) -> dict:
@@ -60,7 +60,7 @@ def test_weight_only_is_torchaos() -> None:
 
 
 def test_static_int8_through_torchaos_pt2e_flow() -> None:
-    from tests.toy_models import TinyConvNet
+    from tests.helpers.toy_models import TinyConvNet
 
     torch.manual_seed(0)
     model = TinyConvNet().eval()

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from perfkit.data import DigitsDataModule, SyntheticDataModule
 from perfkit.data.resident import DeviceBatches, decide
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, attach_trainer
+from tests.helpers import FAST, ComposeTrain, attach_trainer
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ import pytest
 
 from perfkit.config import ConfigError
 from perfkit.run import RunDirectory, guard_run_dir, resume_checkpoint, write_json
-from tests.conftest import CLI, run_failure
+from tests.helpers import CLI, run_failure
 
 
 def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_a_lone_rank_variable_is_not_a_launched_child(
 
 @pytest.mark.slow
 def test_a_stray_rank_never_lets_a_run_overwrite_a_finished_one(tmp_path: Path) -> None:
-    from tests.conftest import run_cli, run_failure
+    from tests.helpers import run_cli, run_failure
 
     args = ("debug=fast", "logger=none", "accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     code, _, err = run_cli(*args, cwd=tmp_path, extra_env={"RANK": "1"})

@@ -13,7 +13,7 @@ from torch import nn
 import perfkit
 from perfkit.optim.exporting import load
 from perfkit.serving import Candidate, serve_benchmark
-from tests.toy_models import TinyMLP
+from tests.helpers.toy_models import TinyMLP
 
 QUICK = {"latency_calls": 12, "rounds": 3, "batch_size": 16}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from perfkit.sweep import collect_rows, write_summary
-from tests.conftest import FAST, run_cli, run_failure
+from tests.helpers import FAST, run_cli, run_failure
 
 
 def _job(

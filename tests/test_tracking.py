@@ -11,7 +11,7 @@ from perfkit.bench.suite import run_bench
 from perfkit.config import ConfigError, compose_config
 from perfkit.tracking import api_key_available, check_loggers, check_online_wandb
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli
+from tests.helpers import FAST, ComposeTrain, run_cli
 
 # shaped like a real key; it must never reach a file or the terminal
 FAKE_KEY = "perfkitfakekey" + "0123456789abcdef" * 2

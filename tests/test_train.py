@@ -9,7 +9,7 @@ import pytest
 
 from perfkit.config import ConfigError
 from perfkit.train import train
-from tests.conftest import FAST, ComposeTrain, run_cli, run_failure
+from tests.helpers import FAST, ComposeTrain, run_cli, run_failure
 
 
 def test_train_writes_every_output(compose_train: ComposeTrain, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import perfkit
 from perfkit.config import ConfigError, compose_config
 from perfkit.tune import Budget, Candidate, Outcome, TuneResult, decide, pick, run_within_budget
 from perfkit.tune.report import train_command, tuned_overlay, write_outputs
-from tests.conftest import FakeClock, run_failure
+from tests.helpers import FakeClock, run_failure
 
 
 def _outcome(speedup: float, low: float, high: float, *, numerics: bool = False, accuracy: float | None = None,
@@ -303,7 +303,7 @@ def test_warm_up_ramps_the_learning_rate_per_step_then_holds_it() -> None:
 @pytest.mark.slow
 def test_the_tuned_overlay_trains_the_default_job_to_the_same_accuracy(tmp_path: Path) -> None:
     """tune.max_accuracy_drop holds for a whole training run, not only for the tuner's short ones."""
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     common = ["accelerator=cpu", "logger=none", "trainer.enable_progress_bar=false"]
     code, _, err = run_cli(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CLI, run_failure
+from tests.helpers import CLI, run_failure
 
 PROJECT = Path(__file__).parent / "user_project"
 QUICK = ("debug=fast", "logger=none", "trainer.enable_progress_bar=false", "accelerator=cpu")

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from perfkit.data import SyntheticDataModule, workers
 from perfkit.data.base import ClassificationDataModule
-from tests.conftest import attach_trainer as _attach
+from tests.helpers import attach_trainer as _attach
 
 
 @pytest.fixture(autouse=True)

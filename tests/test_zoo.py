@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import CLI, run_cli, run_failure
+from tests.helpers import CLI, run_cli, run_failure
 
 PROJECT = Path(__file__).parent / "user_project"
 QUICK = ("debug=fast", "logger=none", "trainer.enable_progress_bar=false", "accelerator=cpu")
