@@ -148,3 +148,53 @@ def test_compare_warns_about_mfu_above_100_percent(
 def test_loaded_reports_keep_their_rows() -> None:
     report = BenchmarkReport.from_dict({"rows": GOOD})
     assert [r.variant for r in report.rows] == ["eager", "compile"]
+
+
+# --- the benchmark regression gate -----------------------------------------------------------------
+def _report(tmp_path: Path, name: str, rows: Any) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"rows": rows}) if not isinstance(rows, str) else rows)
+    return path
+
+
+_ROW = {
+    "model": "mlp",
+    "variant": "compiled",
+    "device": "cpu",
+    "mode": "inference",
+    "batch_size": 8,
+    "speedup": 1.5,
+    "speedup_ci_low": 1.4,
+    "speedup_ci_high": 1.6,
+}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("new", "status", "message"),
+    [
+        ([], 2, "has no measured rows"),
+        ([{**_ROW, "status": "failed"}], 2, "has no measured rows"),
+        ([{**_ROW, "variant": "other"}], 1, "regression(s): mlp/compiled"),
+        ([{**_ROW, "speedup": "fast"}], 2, "rows[0].speedup='fast' is not a number"),
+        ([{**_ROW, "batch_size": "eight"}], 2, "rows[0].batch_size='eight' is not a number"),
+        ([{**_ROW, "model": 3}], 2, "rows[0].model=3 is not text"),
+        ([{**_ROW, "notes": "fine"}], 2, "rows[0].notes='fine' is not a list of text"),
+        ([{**_ROW, "speedup": None, "model": None}], 2, "rows[0].model=None is not text"),
+        (["a row"], 2, "rows[0] is str, not an object"),
+        ([{"variant": "x"}], 2, "a row is not a benchmark row"),
+        ("{not json", 2, "not a JSON benchmark report"),
+        ("[1, 2]", 2, "no 'rows' list"),
+        ('{"rows": {}}', 2, "no 'rows' list"),
+        ("", 2, "not a JSON benchmark report"),
+    ],
+    ids=lambda value: None,
+)
+def test_compare_fails_on_a_report_that_lost_or_mangled_its_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], new: Any, status: int, message: str
+) -> None:
+    from perfkit.bench.compare import main
+
+    base = _report(tmp_path, "base", [_ROW])
+    assert main([str(base), str(_report(tmp_path, "new", new))]) == status
+    assert message in capsys.readouterr().err

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from perfkit.callbacks import RichBar, TQDMBar, TrainingSpeed, add_progress_bar
 from perfkit.data import DigitsDataModule
 from perfkit.models import MLP, ImageClassifier
+from tests.helpers import (
+    CLI,
+    FAST,
+)
 
 
 def _fit(*callbacks: L.Callback, batches: int = 20) -> L.Trainer:
@@ -95,3 +101,46 @@ def test_training_speed_leaves_out_what_runs_when_validation_ends() -> None:
     assert trainer.current_epoch == 1
     (epoch_s,) = speed.epoch_times_s
     assert epoch_s < 0.3 <= speed.fit_time_s  # type: ignore[operator]
+
+
+def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == status, err
+    assert lines and lines[-1].startswith("perfkit.train: "), err
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("perfkit.train: ")]
+    assert len(errors) == 1, err
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+@pytest.mark.hostile
+# --- divergence: stopped, said, never NaN in JSON ----------------------------------------------------
+@pytest.mark.parametrize(
+    "args",
+    [["optimizer=sgd", "optimizer.lr=1e12"], ["optimizer.lr=1e6"]],
+    ids=["sgd-nan", "adamw-explodes"],
+)
+def test_a_diverging_run_stops_with_one_line_and_status_1(cli: CLI, tmp_path: Path, args: list[str]) -> None:
+    run_dir = tmp_path / "diverged"
+    code, err = cli(*FAST, "logger=none", "trainer.limit_train_batches=30", *args, f"hydra.run.dir={run_dir}")
+    _one_line_error(code, err, "training diverged", "optimizer.lr", status=1)
+    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # a diverged model is never "best"
+
+
+@pytest.mark.hostile
+def test_the_divergence_check_does_not_sync_every_step() -> None:
+    from types import SimpleNamespace
+
+    from perfkit.callbacks import DivergedError, DivergenceCheck
+
+    check = DivergenceCheck()
+    trainer = SimpleNamespace(
+        log_every_n_steps=10, is_last_batch=False, world_size=1, current_epoch=0, global_step=3
+    )
+    for step, loss in enumerate([2.3, 2.2, float("nan"), 2.1]):
+        check.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, step)  # type: ignore[arg-type]
+    trainer.is_last_batch = True
+    with pytest.raises(DivergedError, match="NaN"):
+        check.on_train_batch_end(trainer, None, torch.tensor(2.0), None, 4)  # type: ignore[arg-type]

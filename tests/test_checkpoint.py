@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,14 @@ from torch import nn
 
 from perfkit.checkpoint import check_fits, read_checkpoint
 from perfkit.config import ConfigError
-from tests.helpers import CHECKPOINT_MESSAGES, CHECKPOINTS, CLI, broken_checkpoint, run_failure
+from tests.helpers import (
+    CHECKPOINT_MESSAGES,
+    CHECKPOINTS,
+    CLI,
+    FAST,
+    broken_checkpoint,
+    run_failure,
+)
 
 
 @pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "other-model"])
@@ -134,8 +143,6 @@ def test_a_dead_loader_worker_is_one_line(message: str, line: str) -> None:
 
 @pytest.mark.slow
 def test_killing_a_loader_worker_mid_run_is_one_line(tmp_path: Path) -> None:
-    import signal
-    import time
 
     root = str(Path(__file__).resolve().parent.parent)
     process = subprocess.Popen(
@@ -174,3 +181,49 @@ def test_a_best_checkpoint_deleted_during_the_run_is_said_not_a_crash(cli: CLI, 
         and "was removed during the run" in metrics["evaluated"]
     )
     assert metrics["test"]["acc"] > 0
+
+
+DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
+
+
+def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == status, err
+    assert lines and lines[-1].startswith("perfkit.train: "), err
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("perfkit.train: ")]
+    assert len(errors) == 1, err
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+@pytest.mark.hostile
+# --- checkpoints that are not checkpoints, or not this model's -------------------------------------
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_a_bad_ckpt_path_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> None:
+    code, err = cli(*DIGITS, f"ckpt_path={broken_checkpoint(kind, tmp_path)}")
+    _one_line_error(code, err, CHECKPOINT_MESSAGES[kind])
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "other-model"])
+def test_resume_auto_from_a_bad_last_checkpoint_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> None:
+    run_dir = tmp_path / "interrupted"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    broken_checkpoint(kind, tmp_path).rename(run_dir / "checkpoints" / "last.ckpt")
+    code, err = cli(*DIGITS, "resume=auto", f"hydra.run.dir={run_dir}")
+    _one_line_error(code, err, "resume=auto", CHECKPOINT_MESSAGES[kind])
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()  # left for the user to look at
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
+def test_optimize_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, kind: str) -> None:
+    from perfkit.optimize import load_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 1\n")
+    broken_checkpoint(kind, tmp_path).rename(run / "checkpoints" / "best.ckpt")
+    with pytest.raises(ConfigError, match=CHECKPOINT_MESSAGES[kind]):
+        load_run(str(run / "checkpoints" / "best.ckpt"))

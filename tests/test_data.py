@@ -3,7 +3,9 @@ make DDP data exact."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,10 @@ from perfkit.data import (
     split_indices,
 )
 from perfkit.errors import ConfigError
+from tests.helpers import (
+    CLI,
+    FAST,
+)
 from tests.helpers import attach_trainer as _attach
 
 
@@ -84,7 +90,6 @@ def test_synthetic_samples_are_a_function_of_the_index() -> None:
 
 
 def test_synthetic_cpu_cost_is_spent_per_sample() -> None:
-    import time
 
     dataset = SyntheticImages(4, (1, 4, 4), 2, cpu_cost_ms=20)
     start = time.process_time()
@@ -267,3 +272,60 @@ def test_every_evaluation_sample_is_seen_exactly_once(world_size: int) -> None:
         sampler = datamodule.val_dataloader().sampler
         seen += list(sampler)  # type: ignore[arg-type]
     assert sorted(seen) == list(range(val_size))
+
+
+def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == status, err
+    assert lines and lines[-1].startswith("perfkit.train: "), err
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("perfkit.train: ")]
+    assert len(errors) == 1, err
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+# --- image folders that are not what they should be ------------------------------------------------
+def _folder(kind: str, root: Path) -> Path:
+    from tests.helpers import make_image_folder
+
+    root.mkdir(parents=True)
+    if kind == "empty":
+        return root
+    if kind == "class-without-images":
+        make_image_folder(root / "images", classes=2, per_class=4)
+        (root / "images" / "class_9").mkdir()
+        return root / "images"
+    if kind == "only-text-files":
+        for name in ("cats", "dogs"):
+            (root / name).mkdir()
+            (root / name / "notes.txt").write_text("not an image")
+        return root
+    raise AssertionError(kind)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("empty", "has no class sub-folders"),
+        ("class-without-images", "class_9"),
+        ("only-text-files", "Found no valid file"),
+    ],
+)
+def test_an_image_folder_without_images_is_one_line(
+    cli: CLI, tmp_path: Path, kind: str, expected: str
+) -> None:
+    root = _folder(kind, tmp_path / "data")
+    code, err = cli(*FAST, "logger=none", "data=imagefolder", f"data.root={root}", "data.image_size=16")
+    _one_line_error(code, err, expected)
+
+
+@pytest.mark.hostile
+def test_a_corrupt_image_stops_training_with_its_path(cli: CLI, image_folder: Path) -> None:
+    broken = image_folder / "class_1" / "3.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))  # a PNG header, then garbage
+    code, err = cli(
+        *FAST, "logger=none", "data=imagefolder", f"data.root={image_folder}", "data.image_size=16"
+    )
+    _one_line_error(code, err, str(broken), "cannot be read as an image")

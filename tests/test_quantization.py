@@ -1,12 +1,18 @@
-"""perfkit.quantize's backend: chosen by timing torch.ao and torchao on the caller's inputs, recorded."""
+"""perfkit.quantize: int8 on perfkit's and users' models, its reports, and the backend chosen by timing
+torch.ao and torchao on the caller's inputs."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from torch import nn
 
 import perfkit
-from tests.helpers.toy_models import TinyMLP
+from perfkit.models import MLP, vit
+from perfkit.optim import quantize, reports
+from tests.helpers.toy_models import TOY_MODELS, ConvOnly, TinyConvNet, TinyMLP
 
 
 def _choice(model: torch.nn.Module) -> dict:
@@ -60,7 +66,6 @@ def test_weight_only_is_torchaos() -> None:
 
 
 def test_static_int8_through_torchaos_pt2e_flow() -> None:
-    from tests.helpers.toy_models import TinyConvNet
 
     torch.manual_seed(0)
     model = TinyConvNet().eval()
@@ -94,3 +99,113 @@ def test_static_int8_needs_inputs_and_names_the_alternative_when_pt2e_cannot() -
     # 2.11); a branch on a tensor's value fails torch.export on every version.
     with pytest.raises(ValueError, match=r"pt2e flow cannot quantize this model .*onnx_int8_static"):
         perfkit.quantize(_Branchy().eval(), scheme="int8_static", example_inputs=torch.randn(2, 32))
+
+
+DIGIT = (1, 28, 28)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert not hasattr(model, "perfkit_reports")
+
+
+def _round_trip(model: nn.Module) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", ["mlp", "gru"])
+def test_int8_dynamic_on_user_models(name: str) -> None:
+    torch.manual_seed(0)
+    model = TOY_MODELS[name]().eval()
+    before = _snapshot(model)
+    x = model.example_inputs()  # type: ignore[operator]
+    quantized = quantize(model)
+    _assert_untouched(model, before)
+    expected, got = model(x), quantized(x)
+    # int8 weights and activations: close, not equal
+    assert float((got - expected).norm() / expected.norm()) < 0.05
+    report = reports(quantized)[-1]
+    assert report.changed == ({"Linear": 3} if name == "mlp" else {"GRU": 1, "Linear": 1})
+    assert report.params_after == report.params_before
+    # small tensors carry fixed serialization overhead: the ratio grows with the model
+    assert report.size_ratio > (2.0 if name == "mlp" else 1.5)
+
+
+def test_int8_dynamic_linear_weights_are_about_four_times_smaller() -> None:
+    report = reports(quantize(MLP(DIGIT, 10)))[-1]
+    assert report.size_ratio >= 3.5
+
+
+def test_quantized_model_round_trips() -> None:
+    model = TinyMLP().eval()
+    quantized = quantize(model)
+    x = TinyMLP.example_inputs()
+    torch.testing.assert_close(_round_trip(quantized)(x), quantized(x))
+    # a state dict loads into a freshly quantized copy of the same architecture
+    fresh = quantize(TinyMLP())
+    fresh.load_state_dict(quantized.state_dict())
+    torch.testing.assert_close(fresh(x), quantized(x))
+
+
+def test_quantize_reports_what_it_left_alone() -> None:
+    report = reports(quantize(vit(DIGIT, 10)))[-1]
+    assert report.changed == {"Linear": 9}
+    # attention's fused projections are not dynamically quantizable; the report says so
+    assert report.skipped["NonDynamicallyQuantizableLinear"] == 4
+    assert report.skipped["LayerNorm"] == 9
+
+
+def test_nothing_quantizable_warns_and_changes_nothing() -> None:
+    model = ConvOnly()
+    with pytest.warns(UserWarning, match=r"nothing to quantize.*found: Conv2d.*returned unchanged"):
+        quantized = quantize(model)
+    x = torch.randn(1, 1, 5, 5)
+    torch.testing.assert_close(quantized(x), model(x))
+    assert reports(quantized)[-1].changed == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheme": "int4"}, "unknown quantization scheme 'int4'; allowed: int8_dynamic"),
+        (
+            {"backend": "tensorrt"},
+            "unknown quantization backend 'tensorrt'; allowed: auto, torch_ao, torchao",
+        ),
+    ],
+)
+def test_quantize_errors_say_what_is_allowed(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        quantize(TinyMLP(), **kwargs)
+
+
+def _transformer() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    return nn.TransformerEncoder(layer, 2).eval()
+
+
+@pytest.mark.hostile
+def test_quantize_hands_back_a_transformer_that_runs() -> None:
+    model, x = _transformer(), torch.randn(2, 5, 32)
+    with pytest.warns(UserWarning, match="no layer could be quantized"):
+        quantized = perfkit.quantize(model, example_inputs=x)
+    with torch.inference_mode():
+        assert torch.allclose(quantized(x), model(x), atol=1e-5)
+    assert any("kept in fp32" in note for note in perfkit.optim.reports(quantized)[-1].notes)
+
+
+@pytest.mark.hostile
+def test_quantize_still_quantizes_the_rest_of_a_model_with_a_transformer() -> None:
+    model = nn.Sequential(_transformer(), nn.Flatten(), nn.Linear(5 * 32, 4)).eval()
+    quantized = perfkit.quantize(model, example_inputs=torch.randn(2, 5, 32))
+    assert perfkit.optim.reports(quantized)[-1].changed == {"Linear": 1}

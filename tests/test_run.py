@@ -6,16 +6,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from perfkit.config import ConfigError
+from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_dir
 from perfkit.run import RunDirectory, guard_run_dir, resume_checkpoint, write_json
-from tests.helpers import CLI, run_failure
+from tests.helpers import (
+    CLI,
+    FAST,
+    run_cli,
+    run_failure,
+)
 
 
 def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
@@ -188,3 +195,159 @@ def test_resume_with_other_settings_is_refused(cli: CLI, tmp_path: Path) -> None
     assert code == 2 and "data.val_fraction (0.1 then, 0.3 now) differs" in err
     code, err = cli(*quick, "resume=auto", "data.num_workers=0", "trainer.max_epochs=3")
     assert code == 0, run_failure(err)
+
+
+DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
+
+
+@pytest.mark.hostile
+def test_default_run_directories_started_in_one_second_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perfkit.run
+
+    monkeypatch.delenv("PERFKIT_RUN_ID", raising=False)
+    made = []
+    for _ in range(3):  # three processes: each starts with no memory of the others
+        monkeypatch.setattr(perfkit.run, "_fresh_dirs", {})
+        made.append(fresh_run_dir(str(tmp_path / "runs")))
+    assert len(set(made)) == 3 and all(Path(d).is_dir() for d in made)
+
+
+@pytest.mark.hostile
+def test_a_run_id_names_the_directory_for_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERFKIT_RUN_ID", "job-7")
+    assert fresh_run_dir(str(tmp_path)) == str(tmp_path / "job-7")
+    assert fresh_run_dir(str(tmp_path)) == str(tmp_path / "job-7")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("hydra.run.dir=/etc/hostname/run", "is not a directory"),
+        ("hydra.sweep.dir=/etc/hostname/sweep", "is not a directory"),
+        ("+hydra.run.dir=/etc/hostname/x/y", "is not a directory"),
+        (
+            f"hydra.run.dir=/tmp/{'a' * 300}/run",
+            "a name in it is 300 bytes long, more than the file system's",
+        ),
+        ("hydra.run.dir=/tmp/" + "/".join(["b" * 200] * 21), "more than the system's 4095"),
+    ],
+)
+def test_a_run_directory_that_cannot_be_made_is_one_line(
+    override: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        check_output_dir_overrides("perfkit.train", [override])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perfkit.train: error: ") and expected in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("below", ["", "/run"])
+def test_a_dangling_symlink_as_run_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], below: str
+) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(SystemExit) as exit_:
+        check_output_dir_overrides("perfkit.train", [f"hydra.run.dir={tmp_path / 'link'}{below}"])
+    assert exit_.value.code == 2
+    assert f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.hostile
+def test_an_unwritable_log_dir_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        fresh_run_dir("/etc/hostname/outputs")
+    assert exit_.value.code == 2
+    assert "cannot create a run directory under /etc/hostname/outputs" in capsys.readouterr().err
+
+
+@pytest.mark.hostile
+def test_a_failed_run_leaves_the_previous_runs_files_untouched(cli: CLI, tmp_path: Path) -> None:
+    run_dir = tmp_path / "earlier"
+    code, err = cli(*DIGITS, f"hydra.run.dir={run_dir}")
+    assert code == 0, run_failure(err)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
+    for args in (["optimizer.lr=-1"], ["seed=3"], ["resume=auto"]):
+        code, err = cli(*DIGITS, *args, f"hydra.run.dir={run_dir}")
+        assert code == 2, err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.hostile
+# --- process-level: signals, two runs at once, a rank that dies --------------------------------------
+@pytest.mark.slow
+def test_sigterm_exits_143_keeps_last_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": root}
+    args = [
+        *DIGITS,
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=4",
+        "data.batch_size=8",
+        "hydra.run.dir=run",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perfkit.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "resume=auto" in err
+    assert last.exists() and not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / ".perfkit-run.lock").exists()
+    code, _, err = run_cli(*args, "resume=auto", cwd=tmp_path)
+    assert code == 0, run_failure(err)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == "checkpoints/last.ckpt" and metrics["epochs"] == 4
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": root}
+    return subprocess.Popen(
+        [sys.executable, "-m", "perfkit.train", *DIGITS, *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.hostile
+@pytest.mark.slow
+def test_two_runs_started_together_into_one_directory_never_mix(tmp_path: Path) -> None:
+    runs = [_start(tmp_path, f"seed={seed}", "hydra.run.dir=shared") for seed in (1, 2)]
+    results = [(run.wait(timeout=300), run.stderr.read() if run.stderr else "") for run in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use by another perfkit run" in refused or "already holds an earlier run" in refused
+    shared = tmp_path / "shared"
+    metrics = json.loads((shared / "metrics.json").read_text())
+    assert f"seed: {metrics['seed']}" in (shared / "config.yaml").read_text()
+    assert sorted(p.name for p in (shared / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+@pytest.mark.hostile
+@pytest.mark.slow
+def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path: Path) -> None:
+    runs = [_start(tmp_path, f"seed={seed}", "paths.log_dir=out") for seed in (1, 2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    directories = sorted((tmp_path / "out" / "train" / "runs").iterdir())
+    assert len(directories) == 2
+    seeds = {json.loads((d / "metrics.json").read_text())["seed"] for d in directories}
+    assert seeds == {1, 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,13 @@ from perfkit.bench.suite import run_bench
 from perfkit.config import ConfigError, compose_config
 from perfkit.tracking import api_key_available, check_loggers, check_online_wandb
 from perfkit.train import train
-from tests.helpers import FAST, ComposeTrain, run_cli
+from tests.helpers import (
+    CLI,
+    FAST,
+    ComposeTrain,
+    run_cli,
+    run_failure,
+)
 
 # shaped like a real key; it must never reach a file or the terminal
 FAKE_KEY = "perfkitfakekey" + "0123456789abcdef" * 2
@@ -126,3 +133,46 @@ def test_bench_report_goes_to_wandb_as_table_and_artifact(
         tmp_path / "run",
         (b"bench-run", b"report.json", b"report.md", b"latency.png", b"speedup/cpu/inference/b8/mlp"),
     )
+
+
+DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
+
+
+def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == status, err
+    assert lines and lines[-1].startswith("perfkit.train: "), err
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("perfkit.train: ")]
+    assert len(errors) == 1, err
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+@pytest.mark.hostile
+# --- Weights & Biases without a server --------------------------------------------------------------
+def test_wandb_online_without_network_falls_back_offline_quickly(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    code, err = cli(*DIGITS, "logger=wandb", "logger.wandb.offline=false", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 0, run_failure(err)
+    assert time.monotonic() - started < 60
+    assert "W&B server unreachable: logging offline" in (tmp_path / "r" / "train.log").read_text()
+    assert list((tmp_path / "r" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(("mode", "status"), [("", 0), ("  ", 0), ("sideways", 2)])
+def test_wandb_mode_empty_means_unset_and_nonsense_is_refused(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, status: int
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", mode)
+    code, err = cli(*DIGITS, "logger=wandb", f"hydra.run.dir={tmp_path / 'r'}")
+    if status:
+        _one_line_error(code, err, f"WANDB_MODE={mode!r} is not valid")
+    else:
+        assert code == 0, run_failure(err)

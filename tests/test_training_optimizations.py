@@ -1,4 +1,4 @@
-"""Optimizations inside Lightning training, driven by `optimize.*` config keys."""
+"""perfkit.optim.training: the registered optimizations inside Lightning training, driven by `optimize.*` keys."""
 
 from __future__ import annotations
 
