@@ -122,3 +122,24 @@ def test_no_module_in_perfkit_is_over_400_lines() -> None:
         if (count := len(path.read_text().splitlines())) > 400
     ]
     assert not long, long
+
+
+def test_test_files_mirror_modules_and_stay_short() -> None:
+    """A test file per module (or package part), each under 400 lines; shared code in tests/helpers."""
+    root = Path(__file__).parent
+    long = [
+        f"{path.name} ({count} lines)"
+        for path in sorted(root.glob("test_*.py"))
+        if (count := len(path.read_text().splitlines())) > 400
+    ]
+    assert not long, long
+    import ast
+
+    conftest = ast.parse((root / "conftest.py").read_text())
+    helpers = [
+        node.name
+        for node in conftest.body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        and not any("fixture" in ast.unparse(decorator) for decorator in getattr(node, "decorator_list", []))
+    ]
+    assert not helpers, f"conftest.py holds fixtures only; move {helpers} to tests/helpers"
