@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +10,9 @@ import torch
 from torch import nn
 
 import perfkit
-from perfkit.bench import BenchmarkReport, Row
 from perfkit.bench.suite import BenchConfig
-from perfkit.config import compose_config
+from tests.helpers.checks import classifier
+from tests.helpers.toy_models import FailingVariant
 
 needs_no_cuda = pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
@@ -33,29 +32,11 @@ class Sleeper(nn.Module):
         return self.linear(x)
 
 
-class Broken(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("this variant cannot run\nsecond line")
-
-
-def _classifier(correct: bool) -> nn.Linear:
-    """Maps a one-hot input to its own class (or to the next one)."""
-    linear = nn.Linear(4, 4, bias=False)
-    with torch.no_grad():
-        eye = torch.eye(4)
-        linear.weight.copy_(eye if correct else eye.roll(1, dims=0))
-    return linear
-
-
 def test_benchmark_measures_every_variant_with_accuracy() -> None:
     inputs = torch.eye(4).repeat(4, 1)
     labels = torch.arange(4).repeat(4)
     report = perfkit.benchmark(
-        {"eager": _classifier(True), "wrong": _classifier(False)},
+        {"eager": classifier(True), "wrong": classifier(False)},
         inputs,
         eval_data=[(inputs, labels)],
         rounds=6,
@@ -91,7 +72,7 @@ def test_train_mode_skips_inference_only_variants_and_records_failures() -> None
         {
             "eager": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
             "int8": quantized,
-            "broken": Broken(),
+            "broken": FailingVariant(),
         },
         torch.randn(8, 4),
         mode="train",
@@ -116,47 +97,6 @@ def test_cuda_without_cuda_skips_with_a_reason() -> None:
     report = perfkit.benchmark({"eager": nn.Linear(4, 2)}, torch.zeros(2, 4), device="cuda", rounds=6)
     row = report.row("model", "eager", device="cuda")
     assert row.status == "skipped" and row.reason == "CUDA is not available on this machine"
-
-
-def _report() -> BenchmarkReport:
-    inputs = torch.eye(4)
-    return perfkit.benchmark(
-        {"eager": _classifier(True), "compile": _classifier(True), "broken": Broken()},
-        inputs,
-        eval_data=[(inputs, torch.arange(4))],
-        rounds=6,
-        warmup=1,
-        model_name="toy",
-    )
-
-
-def _gate_report(speedup: float, low: float, high: float, status: str = "ok") -> BenchmarkReport:
-    common: dict[str, Any] = {"batch_size": 64, "rounds": 20, "baseline": "eager"}
-    return BenchmarkReport(
-        environment={},
-        rows=[
-            Row("cnn", "eager", "cpu", "inference", latency_ms_median=10.0, **common),
-            Row(
-                "cnn",
-                "compile",
-                "cpu",
-                "inference",
-                status=status,
-                speedup=speedup if status == "ok" else None,
-                speedup_ci_low=low,
-                speedup_ci_high=high,
-                **common,
-            ),
-        ],
-    )
-
-
-def _bench_cfg(tmp_path: Path, *overrides: str) -> Any:
-    from omegaconf import OmegaConf
-
-    cfg = compose_config("bench", list(overrides))
-    OmegaConf.update(cfg, "paths.output_dir", str(tmp_path / "run"))
-    return cfg
 
 
 def test_progress_ticks_once_per_interleaved_round() -> None:
@@ -192,15 +132,3 @@ def test_a_variant_that_fails_to_build_is_a_failed_row(monkeypatch: pytest.Monke
     variants, skipped, failed = build_variants(prepared, torch.device("cpu"), spec)
     assert failed == {"compile": "RuntimeError: no message"} and not skipped
     assert set(variants) == {"eager", "compile"}
-
-
-# bench=gpu shrunk to run on this CPU in seconds
-GPU_PRESET_ON_A_CPU = [
-    "bench=gpu",
-    "device=cpu",
-    "bench.image_size=32",
-    "bench.batch_sizes=[2]",
-    "bench.rounds=6",
-    "bench.warmup=1",
-    "bench.data_options.num_samples=40",
-]

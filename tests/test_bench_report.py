@@ -9,35 +9,18 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 import perfkit
 from perfkit.bench import BenchmarkReport, Row
 from perfkit.bench import compare as gate
-
-
-class Broken(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("this variant cannot run\nsecond line")
-
-
-def _classifier(correct: bool) -> nn.Linear:
-    """Maps a one-hot input to its own class (or to the next one)."""
-    linear = nn.Linear(4, 4, bias=False)
-    with torch.no_grad():
-        eye = torch.eye(4)
-        linear.weight.copy_(eye if correct else eye.roll(1, dims=0))
-    return linear
+from tests.helpers.checks import classifier
+from tests.helpers.toy_models import FailingVariant
 
 
 def _report() -> BenchmarkReport:
     inputs = torch.eye(4)
     return perfkit.benchmark(
-        {"eager": _classifier(True), "compile": _classifier(True), "broken": Broken()},
+        {"eager": classifier(True), "compile": classifier(True), "broken": FailingVariant()},
         inputs,
         eval_data=[(inputs, torch.arange(4))],
         rounds=6,

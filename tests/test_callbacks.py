@@ -17,6 +17,7 @@ from tests.helpers import (
     CLI,
     FAST,
 )
+from tests.helpers.checks import one_line_error
 
 
 def _fit(*callbacks: L.Callback, batches: int = 20) -> L.Trainer:
@@ -103,17 +104,6 @@ def test_training_speed_leaves_out_what_runs_when_validation_ends() -> None:
     assert epoch_s < 0.3 <= speed.fit_time_s  # type: ignore[operator]
 
 
-def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == status, err
-    assert lines and lines[-1].startswith("perfkit.train: "), err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("perfkit.train: ")]
-    assert len(errors) == 1, err
-    for text in expected:
-        assert text in errors[0], errors[0]
-
-
 @pytest.mark.hostile
 # --- divergence: stopped, said, never NaN in JSON ----------------------------------------------------
 @pytest.mark.parametrize(
@@ -124,7 +114,7 @@ def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> Non
 def test_a_diverging_run_stops_with_one_line_and_status_1(cli: CLI, tmp_path: Path, args: list[str]) -> None:
     run_dir = tmp_path / "diverged"
     code, err = cli(*FAST, "logger=none", "trainer.limit_train_batches=30", *args, f"hydra.run.dir={run_dir}")
-    _one_line_error(code, err, "training diverged", "optimizer.lr", status=1)
+    one_line_error(code, err, "training diverged", "optimizer.lr", status=1)
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # a diverged model is never "best"
 

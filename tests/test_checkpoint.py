@@ -21,10 +21,10 @@ from tests.helpers import (
     CHECKPOINT_MESSAGES,
     CHECKPOINTS,
     CLI,
-    FAST,
     broken_checkpoint,
     run_failure,
 )
+from tests.helpers.checks import DIGITS, one_line_error
 
 
 @pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "other-model"])
@@ -183,26 +183,12 @@ def test_a_best_checkpoint_deleted_during_the_run_is_said_not_a_crash(cli: CLI, 
     assert metrics["test"]["acc"] > 0
 
 
-DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
-
-
-def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == status, err
-    assert lines and lines[-1].startswith("perfkit.train: "), err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("perfkit.train: ")]
-    assert len(errors) == 1, err
-    for text in expected:
-        assert text in errors[0], errors[0]
-
-
 @pytest.mark.hostile
 # --- checkpoints that are not checkpoints, or not this model's -------------------------------------
 @pytest.mark.parametrize("kind", CHECKPOINTS)
 def test_a_bad_ckpt_path_is_one_line(cli: CLI, tmp_path: Path, kind: str) -> None:
     code, err = cli(*DIGITS, f"ckpt_path={broken_checkpoint(kind, tmp_path)}")
-    _one_line_error(code, err, CHECKPOINT_MESSAGES[kind])
+    one_line_error(code, err, CHECKPOINT_MESSAGES[kind])
 
 
 @pytest.mark.hostile
@@ -212,7 +198,7 @@ def test_resume_auto_from_a_bad_last_checkpoint_is_one_line(cli: CLI, tmp_path: 
     (run_dir / "checkpoints").mkdir(parents=True)
     broken_checkpoint(kind, tmp_path).rename(run_dir / "checkpoints" / "last.ckpt")
     code, err = cli(*DIGITS, "resume=auto", f"hydra.run.dir={run_dir}")
-    _one_line_error(code, err, "resume=auto", CHECKPOINT_MESSAGES[kind])
+    one_line_error(code, err, "resume=auto", CHECKPOINT_MESSAGES[kind])
     assert (run_dir / "checkpoints" / "last.ckpt").exists()  # left for the user to look at
 
 

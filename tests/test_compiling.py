@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
@@ -11,31 +10,13 @@ from torch import nn
 
 import perfkit
 from perfkit.optim import CompiledModule, compile, reports
+from tests.helpers.checks import assert_untouched, round_trip, snapshot
 from tests.helpers.toy_models import TinyConvNet, TinyMLP
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-    assert not hasattr(model, "perfkit_reports")
-
-
-def _round_trip(model: nn.Module) -> nn.Module:
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
 
 
 def test_compile_matches_eager_and_leaves_the_input_alone() -> None:
     model = TinyConvNet().eval()
-    before = _snapshot(model)
+    before = snapshot(model)
     compiled = compile(model)
     x = TinyConvNet.example_inputs()
     with warnings.catch_warnings():
@@ -43,7 +24,7 @@ def test_compile_matches_eager_and_leaves_the_input_alone() -> None:
         got = compiled(x)
     torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
     assert compiled.fallback_reason is None
-    _assert_untouched(model, before)
+    assert_untouched(model, before)
     assert reports(compiled)[-1].transform == "compile(mode=default, backend=inductor)"
 
 
@@ -55,7 +36,7 @@ def test_compiled_weights_round_trip_into_the_eager_model() -> None:
     fresh.load_state_dict(compiled.state_dict())
     x = TinyMLP.example_inputs()
     torch.testing.assert_close(fresh(x), compiled(x))
-    assert isinstance(_round_trip(compiled), CompiledModule)
+    assert isinstance(round_trip(compiled), CompiledModule)
 
 
 class _CallsTorchRelu(nn.Module):

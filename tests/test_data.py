@@ -27,6 +27,7 @@ from tests.helpers import (
     FAST,
 )
 from tests.helpers import attach_trainer as _attach
+from tests.helpers.checks import one_line_error
 
 
 def _split_sets(datamodule: ClassificationDataModule) -> list[set[int]]:
@@ -274,17 +275,6 @@ def test_every_evaluation_sample_is_seen_exactly_once(world_size: int) -> None:
     assert sorted(seen) == list(range(val_size))
 
 
-def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == status, err
-    assert lines and lines[-1].startswith("perfkit.train: "), err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("perfkit.train: ")]
-    assert len(errors) == 1, err
-    for text in expected:
-        assert text in errors[0], errors[0]
-
-
 # --- image folders that are not what they should be ------------------------------------------------
 def _folder(kind: str, root: Path) -> Path:
     from tests.helpers import make_image_folder
@@ -318,7 +308,7 @@ def test_an_image_folder_without_images_is_one_line(
 ) -> None:
     root = _folder(kind, tmp_path / "data")
     code, err = cli(*FAST, "logger=none", "data=imagefolder", f"data.root={root}", "data.image_size=16")
-    _one_line_error(code, err, expected)
+    one_line_error(code, err, expected)
 
 
 @pytest.mark.hostile
@@ -328,4 +318,4 @@ def test_a_corrupt_image_stops_training_with_its_path(cli: CLI, image_folder: Pa
     code, err = cli(
         *FAST, "logger=none", "data=imagefolder", f"data.root={image_folder}", "data.image_size=16"
     )
-    _one_line_error(code, err, str(broken), "cannot be read as an image")
+    one_line_error(code, err, str(broken), "cannot be read as an image")

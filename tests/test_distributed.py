@@ -10,16 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
 
 from perfkit.distributed import port_in_use
 from tests.helpers import FAST, ComposeTrain, run_cli, run_failure
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 QUIET = ["accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
 
@@ -93,13 +89,6 @@ def test_impossible_device_requests_are_one_line(tmp_path: Path, overrides: list
     assert code == 2, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(message) and "Traceback" not in err
-
-
-class _FakeHydra:
-    mode = None  # hydra.types.RunMode.RUN or MULTIRUN
-
-    class overrides:  # noqa: N801 - mirrors HydraConfig's attribute
-        hydra: ClassVar[list[str]] = []
 
 
 @pytest.mark.slow

@@ -13,25 +13,11 @@ import torch
 
 from tests.helpers import (
     CLI,
-    FAST,
     run_failure,
 )
-
-DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
-
+from tests.helpers.checks import DIGITS, one_line_error
 
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == status, err
-    assert lines and lines[-1].startswith("perfkit.train: "), err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("perfkit.train: ")]
-    assert len(errors) == 1, err
-    for text in expected:
-        assert text in errors[0], errors[0]
 
 
 # --- configuration mistakes: one line, exit 2, before anything is trained -------------------------
@@ -145,7 +131,7 @@ def test_a_configuration_mistake_is_one_line_and_status_2(
     for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "GROUP_RANK"):
         monkeypatch.delenv(variable, raising=False)
     code, err = cli(*DIGITS, *args)
-    _one_line_error(code, err, *expected)
+    one_line_error(code, err, *expected)
 
 
 @pytest.mark.hostile
@@ -154,7 +140,7 @@ def test_more_cpu_ranks_than_cores_are_allowed_when_asked_for(cli: CLI) -> None:
         *DIGITS, "strategy=ddp", "devices=1000", "allow_oversubscription=true", "trainer.max_epochs=abc"
     )
     # gets past the rank check, to the next mistake
-    _one_line_error(code, err, "trainer.max_epochs='abc'")
+    one_line_error(code, err, "trainer.max_epochs='abc'")
 
 
 @pytest.mark.hostile
@@ -175,7 +161,7 @@ def test_an_optimizer_override_a_users_module_would_ignore_is_refused(cli: CLI, 
     )
     own = f"--config-dir={tmp_path / 'conf'}"
     code, err = cli(own, *DIGITS, "model=user", "optimizer=sgd", "optimizer.lr=5.0")
-    _one_line_error(code, err, "optimizer=sgd", "takes no optimizer", "configure_optimizers")
+    one_line_error(code, err, "optimizer=sgd", "takes no optimizer", "configure_optimizers")
     code, err = cli(
         own, *DIGITS, "model=user", f"hydra.run.dir={tmp_path / 'fine'}"
     )  # without the override it trains

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from perfkit.profiling import (
-    Span,
     TorchProfiler,
     intersect,
     subtract,
@@ -28,118 +27,6 @@ from tests.helpers import FAST, ComposeTrain, free_port, run_cli, run_failure
 
 # profile steps 2-4 of 8 (wait 1, warmup 1, active 3): the window closes before the epoch ends
 PROFILED = [*FAST, "profiler=pytorch", "profiler.schedule.skip_first=0", "trainer.limit_train_batches=8"]
-
-
-def _gpu_step(*work: Span) -> list[Span]:
-    """One 1000 us profiled step on a CUDA device, with an optimizer label on both timelines."""
-    return [
-        Span("ProfilerStep#1", 0, 1000, annotation=True),
-        Span("Optimizer.step#AdamW.step", 600, 1000, annotation=True),
-        Span("Optimizer.step#AdamW.step", 600, 1000, on_device=True),  # its gpu_user_annotation shadow
-        *work,
-    ]
-
-
-class _Trace:
-    """A Chrome trace as torch.profiler exports it for a CUDA run, in the categories of current torch
-    (``cuda_runtime``, DataLoader as ``user_annotation``) or the torch 1.x spellings the plugin parses."""
-
-    def __init__(self, current: bool) -> None:
-        self.current = current
-        self.events: list[dict] = []
-        self._correlation = 0
-
-    def add(
-        self, category: str, name: str, ts: float, dur: float, device: bool = False, **args: object
-    ) -> None:
-        if device:
-            args["device"] = 0
-        where = {"pid": 0, "tid": 7} if device else {"pid": 1, "tid": 1}
-        self.events.append(
-            {"ph": "X", "cat": category, "name": name, "ts": ts, "dur": dur, **where, "args": args}
-        )
-
-    def op(self, name: str, ts: float, dur: float) -> None:
-        self.add("cpu_op" if self.current else "Operator", name, ts, dur)
-
-    def launch(self, call: str, ts: float, kind: str, name: str, device_ts: float, device_dur: float) -> None:
-        self._correlation += 1
-        runtime = "cuda_runtime" if self.current else "Runtime"
-        self.add(runtime, call, ts, 20, correlation=self._correlation)
-        category = {"kernel": "kernel", "memcpy": "gpu_memcpy", "memset": "gpu_memset"}[kind]
-        self.add(
-            category if self.current else kind.capitalize(),
-            name,
-            device_ts,
-            device_dur,
-            True,
-            correlation=self._correlation,
-        )
-
-    def json(self) -> dict:
-        return {"schemaVersion": 1, "traceEvents": self.events}
-
-
-def _launch_bound(current: bool) -> dict:
-    """Three 1 ms steps like the H100 report's: a batch, eight tiny GEMMs, an optimizer, a sync."""
-    t = _Trace(current)
-    for step in range(3):
-        t0 = 10_000 + 1000 * step
-        t.add("user_annotation", f"ProfilerStep#{step + 5}", t0, 1000)
-        next_batch = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
-        t.add("user_annotation", next_batch, t0, 100) if current else t.op(next_batch, t0, 100)
-        t.op("aten::stack", t0 + 10, 80)
-        t.op("aten::copy_", t0 + 100, 60)
-        t.launch("cudaMemcpyAsync", t0 + 110, "memcpy", "Memcpy HtoD (Pinned -> Device)", t0 + 130, 30)
-        for i in range(8):
-            t.op("aten::addmm", t0 + 200 + 50 * i, 40)
-            t.launch(
-                "cudaLaunchKernel", t0 + 210 + 50 * i, "kernel", "void gemm_kernel", t0 + 232 + 50 * i, 4
-            )
-        t.op("aten::zero_", t0 + 600, 30)
-        t.launch("cudaMemsetAsync", t0 + 605, "memset", "Memset (Device)", t0 + 626, 10)
-        t.add("user_annotation", "Optimizer.step#AdamW.step", t0 + 650, 300)
-        t.add("gpu_user_annotation", "Optimizer.step#AdamW.step", t0 + 650, 300, device=True)
-        t.op("aten::_foreach_add_", t0 + 660, 200)
-        t.launch("cudaLaunchKernel", t0 + 700, "kernel", "multi_tensor_apply_kernel", t0 + 720, 100)
-        t.add("cuda_runtime" if current else "Runtime", "cudaStreamSynchronize", t0 + 900, 60)
-    return t.json()
-
-
-def _gpu_bound(current: bool) -> dict:
-    """Three 100 us CPU-side steps each queueing an 800 us kernel: the GPU sets the pace."""
-    t = _Trace(current)
-    t.add(
-        "kernel" if current else "Kernel", "void earlier_kernel", 9_900, 150, device=True
-    )  # before the window
-    for step in range(3):
-        t0 = 10_000 + 100 * step
-        t.add("user_annotation", f"ProfilerStep#{step + 5}", t0, 100)
-        t.op("aten::conv2d", t0 + 10, 30)
-        t.launch("cudaLaunchKernel", t0 + 15, "kernel", "void conv_kernel", 10_055 + 805 * step, 800)
-    return t.json()
-
-
-def _plugin_overview(trace: dict) -> tuple[float, dict[str, float]]:
-    """The TensorBoard plugin's overview of a trace: mean step time (us) and each category's share."""
-    from torch_tb_profiler.profiler.data import RunProfileData
-    from torch_tb_profiler.profiler.event_parser import ProfileRole
-
-    costs = RunProfileData.from_json("rank0", "1", json.loads(json.dumps(trace))).avg_costs.costs
-    total = costs[ProfileRole.Total]
-    return total, {role.name: costs[role] / total for role in ProfileRole if role != ProfileRole.Total}
-
-
-_PLUGIN_NAMES = {
-    "kernel": "Kernel",
-    "memcpy": "Memcpy",
-    "memset": "Memset",
-    "communication": "Communication",
-    "runtime": "Runtime",
-    "data": "DataLoader",
-    "cpu_exec": "CpuOp",
-    "other": "Other",
-}
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ reports that say what changed and what was left alone, errors that say what is a
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +12,7 @@ from torch import nn
 import perfkit
 from perfkit.models import MLP, SmallCNN, resnet18, vit
 from perfkit.optim import prune, reports
+from tests.helpers.checks import assert_untouched, round_trip, snapshot
 from tests.helpers.toy_models import TOY_MODELS, TinyConvNet, TinyMLP
 
 DIGIT = (1, 28, 28)
@@ -27,25 +27,6 @@ PERFKIT_MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 MASK_METHODS = ["l1_unstructured", "random_unstructured", "global_l1", "ln_structured"]
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-    assert not hasattr(model, "perfkit_reports")
-
-
-def _round_trip(model: nn.Module) -> nn.Module:
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -83,9 +64,9 @@ def test_ln_structured_zeroes_whole_rows_and_keeps_the_output_layer() -> None:
 @pytest.mark.parametrize("method", MASK_METHODS)
 def test_masks_are_permanent_and_reported_honestly(method: str) -> None:
     model = TinyConvNet()
-    before = _snapshot(model)
+    before = snapshot(model)
     pruned = prune(model, amount=0.5, method=method)
-    _assert_untouched(model, before)
+    assert_untouched(model, before)
     assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())
     assert set(pruned.state_dict()) == set(model.state_dict())
     report = reports(pruned)[-1]
@@ -102,10 +83,10 @@ def test_masks_are_permanent_and_reported_honestly(method: str) -> None:
 @pytest.mark.parametrize("name", PERFKIT_MODELS)
 def test_channel_pruning_shrinks_perfkit_models(name: str) -> None:
     model = PERFKIT_MODELS[name]().eval()
-    before = _snapshot(model)
+    before = snapshot(model)
     x = torch.randn(2, *DIGIT)
     pruned = prune(model, amount=0.5, method="channels", example_inputs=x[:1])
-    _assert_untouched(model, before)
+    assert_untouched(model, before)
     assert pruned(x).shape == (2, 10)  # the output layer keeps its size
     report = reports(pruned)[-1]
     # the first layer keeps its inputs (pixels), so the MLP keeps more; vit keeps its attention widths
@@ -113,7 +94,7 @@ def test_channel_pruning_shrinks_perfkit_models(name: str) -> None:
     assert report.params_after < kept * report.params_before
     assert report.size_bytes_after < report.size_bytes_before
     assert sum(report.changed.values()) > 0
-    torch.testing.assert_close(_round_trip(pruned)(x), pruned(x))
+    torch.testing.assert_close(round_trip(pruned)(x), pruned(x))
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])

@@ -3,8 +3,6 @@ torch.ao and torchao on the caller's inputs."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
@@ -12,6 +10,7 @@ from torch import nn
 import perfkit
 from perfkit.models import MLP, vit
 from perfkit.optim import quantize, reports
+from tests.helpers.checks import assert_untouched, round_trip, snapshot
 from tests.helpers.toy_models import TOY_MODELS, ConvOnly, TinyConvNet, TinyMLP
 
 
@@ -104,33 +103,14 @@ def test_static_int8_needs_inputs_and_names_the_alternative_when_pt2e_cannot() -
 DIGIT = (1, 28, 28)
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-    assert not hasattr(model, "perfkit_reports")
-
-
-def _round_trip(model: nn.Module) -> nn.Module:
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("name", ["mlp", "gru"])
 def test_int8_dynamic_on_user_models(name: str) -> None:
     torch.manual_seed(0)
     model = TOY_MODELS[name]().eval()
-    before = _snapshot(model)
+    before = snapshot(model)
     x = model.example_inputs()  # type: ignore[operator]
     quantized = quantize(model)
-    _assert_untouched(model, before)
+    assert_untouched(model, before)
     expected, got = model(x), quantized(x)
     # int8 weights and activations: close, not equal
     assert float((got - expected).norm() / expected.norm()) < 0.05
@@ -150,7 +130,7 @@ def test_quantized_model_round_trips() -> None:
     model = TinyMLP().eval()
     quantized = quantize(model)
     x = TinyMLP.example_inputs()
-    torch.testing.assert_close(_round_trip(quantized)(x), quantized(x))
+    torch.testing.assert_close(round_trip(quantized)(x), quantized(x))
     # a state dict loads into a freshly quantized copy of the same architecture
     fresh = quantize(TinyMLP())
     fresh.load_state_dict(quantized.state_dict())

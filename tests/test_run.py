@@ -19,10 +19,10 @@ from perfkit.config import ConfigError, check_output_dir_overrides, fresh_run_di
 from perfkit.run import RunDirectory, guard_run_dir, resume_checkpoint, write_json
 from tests.helpers import (
     CLI,
-    FAST,
     run_cli,
     run_failure,
 )
+from tests.helpers.checks import DIGITS
 
 
 def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path: Path) -> None:
@@ -153,7 +153,6 @@ def test_resume_without_last_checkpoint_is_refused_not_restarted(tmp_path: Path)
 @pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_and_says_so(tmp_path: Path) -> None:
     import signal
-    import time
 
     root = str(Path(__file__).resolve().parent.parent)
     process = subprocess.Popen(
@@ -164,11 +163,7 @@ def test_ctrl_c_during_training_exits_130_and_says_so(tmp_path: Path) -> None:
         text=True,
     )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    err = _signal_once_checkpointed(process, last, signal.SIGINT)
     assert process.returncode == 130, err
     assert (
         err.strip().splitlines()[-1] == f"perfkit.train: interrupted; what finished is in {tmp_path / 'run'}"
@@ -195,9 +190,6 @@ def test_resume_with_other_settings_is_refused(cli: CLI, tmp_path: Path) -> None
     assert code == 2 and "data.val_fraction (0.1 then, 0.3 now) differs" in err
     code, err = cli(*quick, "resume=auto", "data.num_workers=0", "trainer.max_epochs=3")
     assert code == 0, run_failure(err)
-
-
-DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
 
 
 @pytest.mark.hostile
@@ -300,11 +292,7 @@ def test_sigterm_exits_143_keeps_last_checkpoint_and_resume_finishes(tmp_path: P
         text=True,
     )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    err = _signal_once_checkpointed(process, last, signal.SIGTERM)
     assert process.returncode == 143, err
     assert "stopped by SIGTERM" in err and "resume=auto" in err
     assert last.exists() and not (tmp_path / "run" / "metrics.json").exists()
@@ -351,3 +339,12 @@ def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path: Path)
     assert len(directories) == 2
     seeds = {json.loads((d / "metrics.json").read_text())["seed"] for d in directories}
     assert seeds == {1, 2}
+
+
+def _signal_once_checkpointed(process: subprocess.Popen[str], last: Path, signum: int) -> str:
+    """Send ``signum`` once the run wrote ``last`` (or gave up: two minutes); its stderr."""
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signum)
+    return process.communicate(timeout=60)[1]

@@ -19,6 +19,7 @@ from tests.helpers import (
     run_cli,
     run_failure,
 )
+from tests.helpers.checks import DIGITS, one_line_error
 
 # shaped like a real key; it must never reach a file or the terminal
 FAKE_KEY = "perfkitfakekey" + "0123456789abcdef" * 2
@@ -135,20 +136,6 @@ def test_bench_report_goes_to_wandb_as_table_and_artifact(
     )
 
 
-DIGITS = [*FAST, "data=digits", "model=mlp", "logger=none"]
-
-
-def _one_line_error(code: int, err: str, *expected: str, status: int = 2) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == status, err
-    assert lines and lines[-1].startswith("perfkit.train: "), err
-    assert "Traceback" not in err, err
-    errors = [line for line in lines if line.startswith("perfkit.train: ")]
-    assert len(errors) == 1, err
-    for text in expected:
-        assert text in errors[0], errors[0]
-
-
 @pytest.mark.hostile
 # --- Weights & Biases without a server --------------------------------------------------------------
 def test_wandb_online_without_network_falls_back_offline_quickly(
@@ -173,6 +160,6 @@ def test_wandb_mode_empty_means_unset_and_nonsense_is_refused(
     monkeypatch.setenv("WANDB_MODE", mode)
     code, err = cli(*DIGITS, "logger=wandb", f"hydra.run.dir={tmp_path / 'r'}")
     if status:
-        _one_line_error(code, err, f"WANDB_MODE={mode!r} is not valid")
+        one_line_error(code, err, f"WANDB_MODE={mode!r} is not valid")
     else:
         assert code == 0, run_failure(err)

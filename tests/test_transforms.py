@@ -3,7 +3,6 @@ clear exception."""
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,54 +12,15 @@ import torch
 from torch import nn
 
 import perfkit
-from perfkit.models import MLP, SmallCNN, resnet18, vit
+from perfkit.models import MLP
 from perfkit.optim import compile, prune, quantize, reports
 from tests.helpers.toy_models import TinyMLP
 
 DIGIT = (1, 28, 28)
 
 
-PERFKIT_MODELS: dict[str, Callable[[], nn.Module]] = {
-    "cnn": lambda: SmallCNN(DIGIT, 10),
-    "mlp": lambda: MLP(DIGIT, 10),
-    "resnet18": lambda: resnet18(DIGIT, 10),
-    "vit": lambda: vit(DIGIT, 10),
-}
-
-
-MASK_METHODS = ["l1_unstructured", "random_unstructured", "global_l1", "ln_structured"]
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-    assert not hasattr(model, "perfkit_reports")
-
-
-def _round_trip(model: nn.Module) -> nn.Module:
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
-
-
-def _weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-
-
 def test_top_level_names_are_the_transforms() -> None:
     assert perfkit.compile is compile and perfkit.prune is prune and perfkit.quantize is quantize
-
-
-class _CallsTorchRelu(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x) * 2
 
 
 def test_transforms_compose_and_reports_accumulate() -> None:

@@ -137,3 +137,14 @@ class RemoveCheckpoints(L.Callback):
         callback = trainer.checkpoint_callback
         if trainer.is_global_zero and callback is not None and getattr(callback, "dirpath", None):
             shutil.rmtree(str(callback.dirpath), ignore_errors=True)
+
+
+class FailingVariant(nn.Module):
+    """A benchmark variant whose every call fails, with a two-line message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this variant cannot run\nsecond line")
