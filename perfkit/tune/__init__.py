@@ -58,7 +58,7 @@ def tune(
     """Measure candidate settings for ``module`` (a LightningModule) on ``datamodule`` and choose.
 
     Training: DataLoader workers, batch size, precision, torch.compile modes (and channels_last for
-    conv nets on CUDA). Inference: batch size, compile modes, int8 dynamic quantization backends,
+    conv nets). Inference: batch size, compile modes, int8 dynamic quantization backends,
     channel pruning levels, bf16. Every candidate is timed side by side with the default; a gain must
     clear the 95% confidence interval, and settings that change numerics must keep held-out accuracy
     within ``max_accuracy_drop`` points after the same short run. Stops within ``budget_s`` seconds.
