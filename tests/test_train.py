@@ -187,6 +187,7 @@ def test_ddp_on_cpu_from_the_command_line(tmp_path: Path) -> None:
         "checkpoints",
         "config.yaml",
         "metrics.json",
+        "metrics.md",
         "train.log",
     ]
 
