@@ -143,3 +143,14 @@ def test_test_files_mirror_modules_and_stay_short() -> None:
         and not any("fixture" in ast.unparse(decorator) for decorator in getattr(node, "decorator_list", []))
     ]
     assert not helpers, f"conftest.py holds fixtures only; move {helpers} to tests/helpers"
+
+
+def test_every_package_ships_in_the_wheel() -> None:
+    """pyproject.toml lists perfkit's packages by hand: a new sub-package missing there would work in
+    an editable install and be absent from a wheel."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "perfkit").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
