@@ -5,8 +5,11 @@ Markdown table writer they all use."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from perfkit.run import write_json
 
 
 @runtime_checkable
@@ -25,6 +28,28 @@ class Report(Protocol):
     def save(self, directory: Path) -> list[Path]:
         """Write the JSON and its views into ``directory``; returns the files written."""
         ...
+
+
+@dataclass
+class DictReport:
+    """A report whose data is a JSON-ready dict, saved as ``<name>.json`` beside its ``<name>.md``;
+    a subclass names the files and renders the Markdown."""
+
+    data: dict[str, Any]
+    name: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def to_markdown(self) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> list[Path]:
+        written = [Path(directory) / f"{self.name}.json", Path(directory) / f"{self.name}.md"]
+        write_json(written[0], self.data)
+        text = self.to_markdown()
+        written[1].write_text(text if text.endswith("\n") else text + "\n")
+        return written
 
 
 def markdown_table(

@@ -4,7 +4,6 @@ with the module's own steps, timed, sized, exported and compared; comparison.jso
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from perfkit.optim.evaluator import Evaluator, measure_stages
 from perfkit.optim.exporting import FILE_NAMES
 from perfkit.optim.runs import load_run
 from perfkit.optim.stages import export_stages, save_final, serve_stages, transform_stages
-from perfkit.reporting import markdown_table
-from perfkit.run import RunDirectory, write_json
+from perfkit.reporting import DictReport, markdown_table
+from perfkit.run import RunDirectory
 from perfkit.schemas import PostTraining
 from perfkit.system import environment, resolve_device
 
@@ -94,24 +93,14 @@ def check_options(cfg: DictConfig) -> Any:
     return device
 
 
-@dataclass
-class Comparison:
-    """``perfkit.optimize``'s result: one row per stage, the exports, serving, the environment."""
+class Comparison(DictReport):
+    """``perfkit.optimize``'s result (``comparison.json``, ``comparison.md``): one row per stage, the
+    exports, serving, the environment."""
 
-    data: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
+    name = "comparison"
 
     def to_markdown(self) -> str:
         return comparison_markdown(self.data)
-
-    def save(self, directory: Path) -> list[Path]:
-        """``comparison.json`` and ``comparison.md`` in ``directory``."""
-        written = [Path(directory) / "comparison.json", Path(directory) / "comparison.md"]
-        write_json(written[0], self.data)
-        written[1].write_text(self.to_markdown() + "\n")
-        return written
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from perfkit.reporting import markdown_table
-from perfkit.run import write_json
+from perfkit.reporting import DictReport, markdown_table
 
 _CPU_LABELS = {
     "data": "waiting for data",
@@ -119,21 +116,11 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-@dataclass
-class ProfileReport:
-    """The step profile: the breakdown, the hint, the top operators and where the traces are."""
+class ProfileReport(DictReport):
+    """The step profile (``profile.json``, ``profile.md``): the breakdown, the hint, the top
+    operators and where the traces are."""
 
-    data: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
+    name = "profile"
 
     def to_markdown(self) -> str:
         return to_markdown(self.data)
-
-    def save(self, directory: Path) -> list[Path]:
-        """``profile.json`` and ``profile.md`` in ``directory``."""
-        written = [Path(directory) / "profile.json", Path(directory) / "profile.md"]
-        write_json(written[0], self.data)
-        written[1].write_text(self.to_markdown())
-        return written
